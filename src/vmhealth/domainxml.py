@@ -1,0 +1,296 @@
+"""Put a health spec into libvirt domain XML, read it back, and take it out again.
+
+The spec lives in one element in our own namespace under `<metadata>`::
+
+    <metadata>
+      <vmhealth:health xmlns:vmhealth="https://vmhealth.dev/xmlns/health/1" version="1">
+        <vmhealth:spec>{"livenessProbe": {...}, ...}</vmhealth:spec>
+        <vmhealth:undo>
+          <vmhealth:added model="i6300esb"/>
+          <vmhealth:action model="ib700" original="reset"/>
+        </vmhealth:undo>
+      </vmhealth:health>
+    </metadata>
+
+The spec is JSON inside the element: one exact, lossless encoding that the hook can
+decode with the standard library alone. `undo` records every change vmhealth made to
+devices so that `remove` gives back the original definition, and so that applying a
+new spec first restores the old state (applying twice is a no-op).
+
+Everything else in the document is edited in place and never rebuilt, so XML that
+vmhealth does not model survives untouched.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from vmhealth.spec import HealthSpec, Watchdog, WatchdogModel, parse_spec, spec_to_dict
+from vmhealth.xmlsafe import XmlError, parse_xml, to_string
+
+NAMESPACE = "https://vmhealth.dev/xmlns/health/1"
+PREFIX = "vmhealth"
+FORMAT_VERSION = "1"
+
+
+def _q(tag: str) -> str:
+    return f"{{{NAMESPACE}}}{tag}"
+
+
+@dataclass
+class Edit:
+    """The result of an edit: the new XML and what changed, in words for the operator."""
+
+    xml: str
+    changes: list[str] = field(default_factory=list)
+    devices_changed: bool = False
+
+
+# ---------------------------------------------------------------------------
+# Reading
+# ---------------------------------------------------------------------------
+
+def find_health(root: etree._Element) -> etree._Element | None:
+    metadata = root.find("metadata")
+    if metadata is None:
+        return None
+    return metadata.find(_q("health"))
+
+
+def read_spec_from_root(root: etree._Element) -> HealthSpec | None:
+    health = find_health(root)
+    if health is None:
+        return None
+    return _spec_of(health)
+
+
+def _spec_of(health: etree._Element) -> HealthSpec:
+    version = health.get("version")
+    if version != FORMAT_VERSION:
+        raise XmlError(f"vmhealth metadata has version {version!r}; this vmhealth reads "
+                       f"version {FORMAT_VERSION} (upgrade vmhealth or re-apply the spec)")
+    spec_el = health.find(_q("spec"))
+    if spec_el is None or not (spec_el.text or "").strip():
+        raise XmlError("vmhealth metadata has no <vmhealth:spec> element")
+    try:
+        data = json.loads(spec_el.text)
+    except ValueError as exc:
+        raise XmlError(f"vmhealth metadata spec is not valid JSON: {exc}") from None
+    return parse_spec(data, "metadata.spec")
+
+
+def read_spec(xml: str | bytes) -> HealthSpec | None:
+    """The spec stored in a domain's XML, None when it has none; raises on a broken one."""
+    return read_spec_from_root(parse_xml(xml))
+
+
+# ---------------------------------------------------------------------------
+# Writing helpers that keep the document's indentation tidy
+# ---------------------------------------------------------------------------
+
+def _indent_of(parent: etree._Element) -> tuple[str, str]:
+    """(whitespace before a new child of parent, whitespace before parent's end tag).
+
+    Follows the document's own indentation where parent already has children, else
+    libvirt's two spaces per level.
+    """
+    depth = sum(1 for _ in parent.iterancestors())
+    child = "\n" + "  " * (depth + 1)
+    closing = "\n" + "  " * depth
+    if len(parent):
+        if (parent.text or "").strip() == "" and parent.text:
+            child = parent.text
+        if (parent[-1].tail or "").strip() == "" and parent[-1].tail:
+            closing = parent[-1].tail
+    return child, closing
+
+
+def _append(parent: etree._Element, child: etree._Element) -> None:
+    child_indent, closing = _indent_of(parent)
+    if len(parent):
+        parent[-1].tail = child_indent
+    else:
+        parent.text = child_indent
+    child.tail = closing
+    parent.append(child)
+
+
+def _remove(element: etree._Element) -> None:
+    """Remove element, keeping the whitespace of the siblings around it intact."""
+    parent = element.getparent()
+    previous = element.getprevious()
+    if previous is not None:
+        previous.tail = element.tail
+    else:
+        parent.text = element.tail
+    parent.remove(element)
+    if len(parent) == 0 and (parent.text or "").strip() == "":
+        parent.text = None
+
+
+# ---------------------------------------------------------------------------
+# Watchdog rules (libvirt: all watchdogs share one action; model constraints)
+# ---------------------------------------------------------------------------
+
+def _machine_and_arch(root: etree._Element) -> tuple[str, str]:
+    os_type = root.find("os/type")
+    if os_type is None:
+        return "", ""
+    return os_type.get("machine", ""), os_type.get("arch", "")
+
+
+def _check_model_fits(root: etree._Element, watchdog: Watchdog) -> None:
+    machine, arch = _machine_and_arch(root)
+    if watchdog.model is WatchdogModel.ITCO and machine and "q35" not in machine:
+        raise XmlError(f"watchdog model itco needs a q35 machine; this domain's machine is "
+                       f"{machine!r} (use i6300esb)")
+    if watchdog.model is WatchdogModel.DIAG288 and arch and arch != "s390x":
+        raise XmlError(f"watchdog model diag288 exists only on s390x; this domain is {arch} "
+                       "(use i6300esb)")
+    if watchdog.model is WatchdogModel.IB700 and arch and arch not in ("x86_64", "i686"):
+        raise XmlError(f"watchdog model ib700 is an ISA device for x86; this domain is {arch}")
+
+
+def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit
+                    ) -> list[etree._Element]:
+    """Put the spec's watchdog in place; return the undo records for what changed."""
+    _check_model_fits(root, watchdog)
+    undo: list[etree._Element] = []
+    devices = root.find("devices")
+    if devices is None:
+        devices = etree.Element("devices")
+        _append(root, devices)
+        undo.append(etree.Element(_q("created-devices")))
+    action = watchdog.action.value
+    existing = devices.findall("watchdog")
+    if not any(dev.get("model") == watchdog.model.value for dev in existing):
+        device = etree.Element("watchdog", model=watchdog.model.value, action=action)
+        _append(devices, device)
+        undo.append(etree.Element(_q("added"), model=watchdog.model.value))
+        edit.changes.append(f"added a {watchdog.model.value} watchdog with action {action}")
+        edit.devices_changed = True
+    for device in existing:
+        original = device.get("action", "reset")
+        if original == action:
+            continue
+        model = device.get("model", "")
+        device.set("action", action)
+        undo.append(etree.Element(_q("action"), model=model, original=original))
+        why = "" if model == watchdog.model.value else \
+            " (libvirt requires every watchdog of a domain to share one action)"
+        edit.changes.append(f"changed the {model} watchdog's action from {original} to "
+                            f"{action}{why}")
+        edit.devices_changed = True
+    return undo
+
+
+def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> None:
+    """Reverse what an earlier apply recorded in <vmhealth:undo>."""
+    undo = health.find(_q("undo"))
+    if undo is None:
+        return
+    devices = root.find("devices")
+    for record in undo:
+        if not isinstance(record.tag, str) or devices is None:
+            continue
+        model = record.get("model")
+        if record.tag == _q("added"):
+            for device in devices.findall("watchdog"):
+                if device.get("model") == model:
+                    _remove(device)
+                    edit.changes.append(f"removed the {model} watchdog vmhealth had added")
+                    edit.devices_changed = True
+                    break
+        elif record.tag == _q("action"):
+            for device in devices.findall("watchdog"):
+                if device.get("model") == model:
+                    device.set("action", record.get("original", "reset"))
+                    edit.changes.append(f"restored the {model} watchdog's action to "
+                                        f"{record.get('original')}")
+                    edit.devices_changed = True
+        elif record.tag == _q("created-devices") and len(devices) == 0:
+            _remove(devices)
+            devices = None
+
+
+def _strip(root: etree._Element, edit: Edit) -> bool:
+    """Undo and remove our metadata; True when there was any."""
+    health = find_health(root)
+    if health is None:
+        return False
+    _undo_changes(root, health, edit)
+    metadata = health.getparent()
+    created_metadata = health.find(f"{_q('undo')}/{_q('created-metadata')}") is not None
+    _remove(health)
+    if created_metadata and len(metadata) == 0:
+        _remove(metadata)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Public edits
+# ---------------------------------------------------------------------------
+
+def _create_metadata(root: etree._Element) -> etree._Element:
+    """Add an empty <metadata> where libvirt itself writes it: after name/uuid/title."""
+    metadata = etree.Element("metadata")
+    anchor = None
+    for tag in ("description", "title", "uuid", "name"):
+        anchor = root.find(tag)
+        if anchor is not None:
+            break
+    if anchor is None:
+        _append(root, metadata)
+        return metadata
+    child_indent, _closing = _indent_of(root)
+    original_tail = anchor.tail
+    anchor.addnext(metadata)  # lxml moves anchor's tail behind the new element
+    anchor.tail = child_indent
+    metadata.tail = original_tail if (original_tail or "").strip() == "" else child_indent
+    return metadata
+
+
+def apply_spec(xml: str | bytes, spec: HealthSpec) -> Edit:
+    """Return the domain XML with `spec` stored and its watchdog in place."""
+    root = parse_xml(xml)
+    edit = Edit(xml="")
+    _strip(root, edit)
+    # Changes made while undoing are an implementation detail of re-applying; report
+    # only the net effect, which the caller sees by comparing documents.
+    edit.changes.clear()
+    edit.devices_changed = False
+    undo_records: list[etree._Element] = []
+    metadata = root.find("metadata")
+    if metadata is None:
+        metadata = _create_metadata(root)
+        undo_records.append(etree.Element(_q("created-metadata")))
+    health = etree.Element(_q("health"), nsmap={PREFIX: NAMESPACE}, version=FORMAT_VERSION)
+    _append(metadata, health)
+    spec_el = etree.Element(_q("spec"))
+    spec_el.text = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
+    _append(health, spec_el)
+    if spec.watchdog is not None:
+        undo_records += _apply_watchdog(root, spec.watchdog, edit)
+    if undo_records:
+        undo = etree.Element(_q("undo"))
+        _append(health, undo)
+        for record in undo_records:
+            _append(undo, record)
+    edit.changes.insert(0, "stored the health spec in <metadata> "
+                           f"(namespace {NAMESPACE})")
+    edit.xml = to_string(root)
+    return edit
+
+
+def remove_spec(xml: str | bytes) -> Edit | None:
+    """Return the domain XML without our metadata and device changes; None if none."""
+    root = parse_xml(xml)
+    edit = Edit(xml="")
+    if not _strip(root, edit):
+        return None
+    edit.changes.insert(0, "removed the health spec from <metadata>")
+    edit.xml = to_string(root)
+    return edit
