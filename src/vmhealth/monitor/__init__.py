@@ -1,0 +1,1 @@
+"""The host monitor: probe engine (probes, per-domain state machine) and the daemon around it."""

@@ -1,0 +1,83 @@
+"""The seam between the probe engine and the daemon that drives it.
+
+The probe engine (probe handlers and the per-domain state machine) knows nothing of
+libvirt: it reaches a guest only through `GuestAccess`, which the daemon implements
+with libvirt (and tests and benchmarks implement with small fakes). It reports what it
+learns through `ProbeListener`, which the daemon turns into readiness, liveness
+actions, events and metrics.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from vmhealth.spec import ProbeKind
+
+
+class Outcome(str, enum.Enum):
+    SUCCESS = "success"
+    FAILURE = "failure"  # a clean negative answer: refused, HTTP 500, exit code 1, timeout
+    ERROR = "error"  # the probe could not be run at all; retried, never counted
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    outcome: Outcome
+    message: str  # short, operator-facing; never contains HTTP header values
+    duration: float  # seconds the probe took
+    started_at: float  # time.time() when the probe started
+
+
+class AgentError(Exception):
+    """The guest agent answered with an error (e.g. a command it refuses)."""
+
+    def __init__(self, message: str, *, error_class: str = "", blocked: bool = False) -> None:
+        super().__init__(message)
+        self.error_class = error_class
+        # True when the agent refused because the RPC is disabled (block/allow list).
+        self.blocked = blocked
+
+
+class AgentUnavailable(Exception):
+    """No agent to talk to: not connected, not running, or it did not answer in time."""
+
+
+class GuestAccess(Protocol):
+    """How probes reach one guest. Implemented by the daemon with libvirt."""
+
+    name: str  # the domain's name, for messages
+
+    async def addresses(self) -> list[str]:
+        """The guest's IP addresses (IPv4 and IPv6), best first; may be cached."""
+
+    async def agent_command(self, command: dict[str, Any], timeout: float) -> Any:
+        """Send one QMP-style guest agent command; return its "return" value.
+
+        Raises AgentUnavailable or AgentError; never blocks the event loop.
+        """
+
+    def suppression_reason(self) -> str | None:
+        """Why failures must not count right now (paused, migrating, saving...), or None."""
+
+
+@dataclass(frozen=True)
+class StateChange:
+    """A published state flip of one probe kind for one domain."""
+
+    kind: ProbeKind
+    healthy: bool | None  # None = unknown (not probed yet)
+    reason: str
+    result: ProbeResult | None
+
+
+class ProbeListener(Protocol):
+    def on_result(self, kind: ProbeKind, result: ProbeResult, *, counted: bool) -> None:
+        """Every probe run (for metrics and `status`); counted=False when suppressed."""
+
+    def on_state_change(self, change: StateChange) -> None:
+        """Readiness/liveness/startup flipped after crossing its threshold."""
+
+    def on_liveness_failed(self, result: ProbeResult) -> None:
+        """Liveness (or startup) crossed failureThreshold: take the action once."""
