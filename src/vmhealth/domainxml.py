@@ -4,12 +4,16 @@ The spec lives in one element in our own namespace under `<metadata>`::
 
     <metadata>
       <vmhealth:health xmlns:vmhealth="https://vmhealth.dev/xmlns/health/1" version="1">
-        <vmhealth:spec>{"livenessProbe": {...}, ...}</vmhealth:spec>
-        <vmhealth:undo>
-          <vmhealth:added model="i6300esb"/>
-          <vmhealth:action model="ib700" original="reset"/>
-        </vmhealth:undo>
+        <spec>{"livenessProbe": {...}, ...}</spec>
+        <undo>
+          <added model="i6300esb"/>
+          <action model="ib700" original="reset"/>
+        </undo>
       </vmhealth:health>
+
+Only the root element is in our namespace, its children in none: that is the shape
+libvirt's virDomainSetMetadata gives an element, so the persistent definition
+(written with defineXML) and the live metadata (setMetadata) read the same way.
     </metadata>
 
 The spec is JSON inside the element: one exact, lossless encoding that the hook can
@@ -72,14 +76,31 @@ def _spec_of(health: etree._Element) -> HealthSpec:
     if version != FORMAT_VERSION:
         raise XmlError(f"vmhealth metadata has version {version!r}; this vmhealth reads "
                        f"version {FORMAT_VERSION} (upgrade vmhealth or re-apply the spec)")
-    spec_el = health.find(_q("spec"))
+    spec_el = health.find("spec")
     if spec_el is None or not (spec_el.text or "").strip():
-        raise XmlError("vmhealth metadata has no <vmhealth:spec> element")
+        raise XmlError("vmhealth metadata has no <spec> element")
     try:
         data = json.loads(spec_el.text)
     except ValueError as exc:
         raise XmlError(f"vmhealth metadata spec is not valid JSON: {exc}") from None
     return parse_spec(data, "metadata.spec")
+
+
+def health_element(xml: str | bytes) -> str:
+    """Our <health> element, without namespace, as virDomainSetMetadata wants it (libvirt
+    puts it in the namespace itself)."""
+    health = find_health(parse_xml(xml))
+    if health is None:
+        raise XmlError("no vmhealth metadata in the document")
+    plain = etree.Element("health", dict(health.attrib))
+    plain.text = health.text
+    plain.extend(etree.fromstring(etree.tostring(child)) for child in health)
+    return to_string(plain)
+
+
+def normalise(xml: str | bytes) -> str:
+    """The document as vmhealth serialises it, for diffs that show only real changes."""
+    return to_string(parse_xml(xml))
 
 
 def read_spec(xml: str | bytes) -> HealthSpec | None:
@@ -163,13 +184,13 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit
     if devices is None:
         devices = etree.Element("devices")
         _append(root, devices)
-        undo.append(etree.Element(_q("created-devices")))
+        undo.append(etree.Element("created-devices"))
     action = watchdog.action.value
     existing = devices.findall("watchdog")
     if not any(dev.get("model") == watchdog.model.value for dev in existing):
         device = etree.Element("watchdog", model=watchdog.model.value, action=action)
         _append(devices, device)
-        undo.append(etree.Element(_q("added"), model=watchdog.model.value))
+        undo.append(etree.Element("added", model=watchdog.model.value))
         edit.changes.append(f"added a {watchdog.model.value} watchdog with action {action}")
         edit.devices_changed = True
     for device in existing:
@@ -178,7 +199,7 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit
             continue
         model = device.get("model", "")
         device.set("action", action)
-        undo.append(etree.Element(_q("action"), model=model, original=original))
+        undo.append(etree.Element("action", model=model, original=original))
         why = "" if model == watchdog.model.value else \
             " (libvirt requires every watchdog of a domain to share one action)"
         edit.changes.append(f"changed the {model} watchdog's action from {original} to "
@@ -189,7 +210,7 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit
 
 def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> None:
     """Reverse what an earlier apply recorded in <vmhealth:undo>."""
-    undo = health.find(_q("undo"))
+    undo = health.find("undo")
     if undo is None:
         return
     devices = root.find("devices")
@@ -197,21 +218,21 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
         if not isinstance(record.tag, str) or devices is None:
             continue
         model = record.get("model")
-        if record.tag == _q("added"):
+        if record.tag == "added":
             for device in devices.findall("watchdog"):
                 if device.get("model") == model:
                     _remove(device)
                     edit.changes.append(f"removed the {model} watchdog vmhealth had added")
                     edit.devices_changed = True
                     break
-        elif record.tag == _q("action"):
+        elif record.tag == "action":
             for device in devices.findall("watchdog"):
                 if device.get("model") == model:
                     device.set("action", record.get("original", "reset"))
                     edit.changes.append(f"restored the {model} watchdog's action to "
                                         f"{record.get('original')}")
                     edit.devices_changed = True
-        elif record.tag == _q("created-devices") and len(devices) == 0:
+        elif record.tag == "created-devices" and len(devices) == 0:
             _remove(devices)
             devices = None
 
@@ -223,7 +244,7 @@ def _strip(root: etree._Element, edit: Edit) -> bool:
         return False
     _undo_changes(root, health, edit)
     metadata = health.getparent()
-    created_metadata = health.find(f"{_q('undo')}/{_q('created-metadata')}") is not None
+    created_metadata = health.find("undo/created-metadata") is not None
     _remove(health)
     if created_metadata and len(metadata) == 0:
         _remove(metadata)
@@ -266,16 +287,16 @@ def apply_spec(xml: str | bytes, spec: HealthSpec) -> Edit:
     metadata = root.find("metadata")
     if metadata is None:
         metadata = _create_metadata(root)
-        undo_records.append(etree.Element(_q("created-metadata")))
+        undo_records.append(etree.Element("created-metadata"))
     health = etree.Element(_q("health"), nsmap={PREFIX: NAMESPACE}, version=FORMAT_VERSION)
     _append(metadata, health)
-    spec_el = etree.Element(_q("spec"))
+    spec_el = etree.Element("spec")
     spec_el.text = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
     _append(health, spec_el)
     if spec.watchdog is not None:
         undo_records += _apply_watchdog(root, spec.watchdog, edit)
     if undo_records:
-        undo = etree.Element(_q("undo"))
+        undo = etree.Element("undo")
         _append(health, undo)
         for record in undo_records:
             _append(undo, record)

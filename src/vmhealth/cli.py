@@ -1,0 +1,233 @@
+"""The `vmhealth` command line.
+
+Exit codes: 0 ok, 1 failed (libvirt unreachable, unknown domain, libvirt refused),
+2 bad usage or an invalid spec. Errors go to stderr as one line naming the problem
+and the fix; nothing is written when anything fails.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import click
+import libvirt
+import yaml
+
+from vmhealth import __version__
+from vmhealth.connection import (
+    LibvirtError,
+    default_uri,
+    define,
+    lookup_domain,
+    open_connection,
+    persistent_xml,
+)
+from vmhealth.domainxml import (
+    NAMESPACE,
+    PREFIX,
+    apply_spec,
+    health_element,
+    normalise,
+    read_spec,
+    remove_spec,
+)
+from vmhealth.manifest import ManifestError, load_manifest
+from vmhealth.spec import SpecError, spec_to_dict
+from vmhealth.xmlsafe import XmlError
+
+
+class UsageFailure(click.ClickException):
+    """Bad input from the operator (invalid spec, unreadable manifest): exit 2."""
+
+    exit_code = 2
+
+
+class Failure(click.ClickException):
+    """The operation failed (libvirt unreachable, refused, unknown domain): exit 1."""
+
+    exit_code = 1
+
+
+@dataclass
+class Context:
+    uri: str | None
+    # An open connection to reuse; tests hand one in (a libvirt test-driver connection
+    # keeps its state only for its own lifetime).
+    conn: Any = None
+
+    def connect(self):
+        if self.conn is None:
+            try:
+                self.conn = open_connection(self.uri)
+            except LibvirtError as exc:
+                raise Failure(str(exc)) from None
+        return self.conn
+
+    def domain(self, name: str):
+        conn = self.connect()
+        try:
+            return conn, lookup_domain(conn, name)
+        except LibvirtError as exc:
+            raise Failure(str(exc)) from None
+
+
+pass_context = click.make_pass_decorator(Context)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="vmhealth")
+@click.option("-c", "--connect", "uri", metavar="URI", default=None,
+              help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).")
+@click.pass_context
+def main(ctx: click.Context, uri: str | None) -> None:
+    """KubeVirt-style health checks for libvirt/KVM domains.
+
+    Declare probes and a watchdog for a domain from a KubeVirt manifest or a vmhealth
+    spec (`apply`), and let the vmhealth daemon run them. The spec is stored in the
+    domain's own definition, in <metadata> under the namespace
+    https://vmhealth.dev/xmlns/health/1.
+    """
+    if ctx.obj is None:
+        ctx.obj = Context(uri=uri)
+    elif uri is not None:
+        ctx.obj.uri = uri
+
+
+def _load(source: str, domain: str):
+    try:
+        return load_manifest(source, domain_name=domain).spec
+    except (ManifestError, SpecError) as exc:
+        raise UsageFailure(f"invalid spec: {exc}") from None
+
+
+def _diff(before: str, after: str, name: str) -> str:
+    lines = difflib.unified_diff((before + "\n").splitlines(keepends=True),
+                                 (after + "\n").splitlines(keepends=True),
+                                 fromfile=f"{name} (current)", tofile=f"{name} (applied)")
+    return "".join(lines)
+
+
+@main.command()
+@click.argument("domain")
+@click.option("-f", "--filename", "source", required=True, metavar="FILE",
+              help="KubeVirt VirtualMachine(Instance) manifest or vmhealth spec, YAML or "
+                   "JSON; '-' reads stdin.")
+@click.option("--dry-run", is_flag=True, help="Print the XML diff; change nothing.")
+@pass_context
+def apply(ctx: Context, domain: str, source: str, dry_run: bool) -> None:
+    """Store a health spec in DOMAIN's definition and add its watchdog device.
+
+    \b
+    Examples:
+      vmhealth apply web1 -f vmi.yaml
+      kubectl get vmi web1 -o yaml | vmhealth apply web1 -f -
+      vmhealth apply web1 -f spec.yaml --dry-run
+
+    The persistent definition is changed once (defineXML). On a running domain the
+    probes take effect at once (the daemon re-reads the spec); a watchdog device takes
+    effect at the next boot.
+    """
+    spec = _load(source, domain)
+    conn, dom = ctx.domain(domain)
+    if not dom.isPersistent():
+        raise Failure(f"domain {domain!r} is transient; vmhealth keeps the spec in the "
+                      "persistent definition (make it persistent: virsh dumpxml "
+                      f"{domain} > {domain}.xml && virsh define {domain}.xml)")
+    current = persistent_xml(dom)
+    try:
+        edit = apply_spec(current, spec)
+    except XmlError as exc:
+        raise UsageFailure(f"cannot apply to {domain}: {exc}") from None
+    if edit.xml == current:
+        click.echo(f"{domain}: unchanged")
+        return
+    if dry_run:
+        # Diff the definition without secrets (graphics passwords...), both sides
+        # serialised the same way so only real changes show.
+        public = persistent_xml(dom, secure=False)
+        click.echo(_diff(normalise(public), apply_spec(public, spec).xml, domain), nl=False)
+        for change in edit.changes:
+            click.echo(f"{domain}: would have {change}")
+        return
+    try:
+        define(conn, edit.xml)
+    except LibvirtError as exc:
+        raise Failure(f"{domain}: {exc}") from None
+    for change in edit.changes:
+        click.echo(f"{domain}: {change}")
+    if dom.isActive():
+        _set_live_metadata(dom, domain, health_element(edit.xml))
+    if dom.isActive() and edit.devices_changed:
+        click.echo(f"{domain}: the domain is running; the watchdog change takes effect at "
+                   "its next boot (a full shutdown and start, not a reboot)")
+
+
+@main.command()
+@click.argument("domain")
+@click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml",
+              show_default=True)
+@pass_context
+def show(ctx: Context, domain: str, output: str) -> None:
+    """Print DOMAIN's health spec, defaults spelled out."""
+    _conn, dom = ctx.domain(domain)
+    try:
+        spec = read_spec(persistent_xml(dom, secure=False))
+    except (XmlError, SpecError) as exc:
+        raise Failure(f"{domain}: stored spec is unreadable: {exc} (fix it with "
+                      "`vmhealth apply` or drop it with `vmhealth remove`)") from None
+    if spec is None:
+        raise Failure(f"{domain}: no vmhealth spec (add one with `vmhealth apply {domain} "
+                      "-f FILE`)")
+    data = spec_to_dict(spec)
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+    else:
+        click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
+
+
+@main.command()
+@click.argument("domain")
+@pass_context
+def remove(ctx: Context, domain: str) -> None:
+    """Remove DOMAIN's health spec and undo vmhealth's device changes."""
+    conn, dom = ctx.domain(domain)
+    try:
+        edit = remove_spec(persistent_xml(dom))
+    except XmlError as exc:
+        raise Failure(f"{domain}: {exc}") from None
+    if edit is None:
+        click.echo(f"{domain}: no vmhealth spec; nothing to remove")
+        return
+    try:
+        define(conn, edit.xml)
+    except LibvirtError as exc:
+        raise Failure(f"{domain}: {exc}") from None
+    for change in edit.changes:
+        click.echo(f"{domain}: {change}")
+    if dom.isActive():
+        _set_live_metadata(dom, domain, None)
+
+
+def _set_live_metadata(dom, domain: str, element: str | None) -> None:
+    """Mirror the spec into the running domain's metadata, so the daemon and the hook
+    (on migrate) see it now rather than at the next boot."""
+    try:
+        dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, element,
+                        PREFIX if element is not None else None, NAMESPACE,
+                        libvirt.VIR_DOMAIN_AFFECT_LIVE)
+    except libvirt.libvirtError as exc:
+        click.echo(f"{domain}: warning: the running domain's metadata was not updated "
+                   f"({exc.get_error_message()}); probes follow at the next start", err=True)
+        return
+    click.echo(f"{domain}: " + ("updated the running domain's metadata" if element else
+                                "cleared the running domain's metadata"))
+
+
+# Used in messages of other command modules.
+__all__ = ["main", "Context", "pass_context", "Failure", "UsageFailure", "default_uri",
+           "NAMESPACE"]
+
+# --- command groups of other modules: one import and one add_command each, below ---

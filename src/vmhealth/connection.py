@@ -1,0 +1,62 @@
+"""Opening libvirt connections and finding domains, with errors an operator can act on."""
+
+from __future__ import annotations
+
+import os
+
+import libvirt
+
+DEFAULT_URI = "qemu:///system"
+
+
+class LibvirtError(Exception):
+    """A libvirt failure, phrased for the operator."""
+
+
+def _quiet_libvirt() -> None:
+    # libvirt's default error handler prints every error to stderr itself, which would
+    # duplicate (and garble) the messages we print; we report errors from exceptions.
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+def default_uri() -> str:
+    return os.environ.get("LIBVIRT_DEFAULT_URI") or DEFAULT_URI
+
+
+def open_connection(uri: str | None = None) -> libvirt.virConnect:
+    _quiet_libvirt()
+    uri = uri or default_uri()
+    try:
+        return libvirt.open(uri)
+    except libvirt.libvirtError as exc:
+        raise LibvirtError(f"cannot connect to libvirt at {uri}: {exc.get_error_message()} "
+                           "(is libvirtd/virtqemud running, and may this user use it? "
+                           "choose another with --connect or LIBVIRT_DEFAULT_URI)") from None
+
+
+def lookup_domain(conn: libvirt.virConnect, name: str) -> libvirt.virDomain:
+    try:
+        return conn.lookupByName(name)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            raise LibvirtError(f"domain {name!r} not found at {conn.getURI()} "
+                               "(`virsh list --all` shows the names)") from None
+        raise LibvirtError(f"cannot look up domain {name!r}: {exc.get_error_message()}"
+                           ) from None
+
+
+def persistent_xml(dom: libvirt.virDomain, *, secure: bool = True) -> str:
+    """The persistent (inactive) definition; `secure` keeps passwords so a redefine
+    does not drop them."""
+    flags = libvirt.VIR_DOMAIN_XML_INACTIVE
+    if secure:
+        flags |= libvirt.VIR_DOMAIN_XML_SECURE
+    return dom.XMLDesc(flags)
+
+
+def define(conn: libvirt.virConnect, xml: str) -> libvirt.virDomain:
+    try:
+        return conn.defineXML(xml)
+    except libvirt.libvirtError as exc:
+        raise LibvirtError(f"libvirt refused the new definition: {exc.get_error_message()}"
+                           ) from None
