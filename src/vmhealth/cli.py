@@ -30,6 +30,7 @@ from vmhealth.domainxml import (
     PREFIX,
     apply_spec,
     health_element,
+    is_applied,
     normalise,
     read_spec,
     remove_spec,
@@ -75,6 +76,7 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+MULTIPLE_WATCHDOGS_SINCE = 9_001_000  # libvirt 9.1.0 accepts several <watchdog> devices
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -137,18 +139,20 @@ def apply(ctx: Context, domain: str, source: str, dry_run: bool) -> None:
                       "persistent definition (make it persistent: virsh dumpxml "
                       f"{domain} > {domain}.xml && virsh define {domain}.xml)")
     current = persistent_xml(dom)
+    multiple = conn.getLibVersion() >= MULTIPLE_WATCHDOGS_SINCE
     try:
-        edit = apply_spec(current, spec)
+        edit = apply_spec(current, spec, allow_multiple_watchdogs=multiple)
     except XmlError as exc:
         raise UsageFailure(f"cannot apply to {domain}: {exc}") from None
-    if edit.xml == current:
+    if is_applied(current, spec):
         click.echo(f"{domain}: unchanged")
         return
     if dry_run:
         # Diff the definition without secrets (graphics passwords...), both sides
         # serialised the same way so only real changes show.
         public = persistent_xml(dom, secure=False)
-        click.echo(_diff(normalise(public), apply_spec(public, spec).xml, domain), nl=False)
+        shown = apply_spec(public, spec, allow_multiple_watchdogs=multiple).xml
+        click.echo(_diff(normalise(public), shown, domain), nl=False)
         for change in edit.changes:
             click.echo(f"{domain}: would have {change}")
         return

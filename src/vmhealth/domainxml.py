@@ -27,6 +27,7 @@ vmhealth does not model survives untouched.
 
 from __future__ import annotations
 
+import copy
 import json
 from dataclasses import dataclass, field
 
@@ -92,9 +93,10 @@ def health_element(xml: str | bytes) -> str:
     health = find_health(parse_xml(xml))
     if health is None:
         raise XmlError("no vmhealth metadata in the document")
-    plain = etree.Element("health", dict(health.attrib))
-    plain.text = health.text
-    plain.extend(etree.fromstring(etree.tostring(child)) for child in health)
+    plain = copy.deepcopy(health)
+    plain.tag = "health"
+    plain.tail = None
+    etree.cleanup_namespaces(plain)
     return to_string(plain)
 
 
@@ -103,9 +105,17 @@ def normalise(xml: str | bytes) -> str:
     return to_string(parse_xml(xml))
 
 
+def parse_domain(xml: str | bytes) -> etree._Element:
+    """Parse domain XML safely, refusing documents that are not a <domain>."""
+    root = parse_xml(xml)
+    if root.tag != "domain":
+        raise XmlError(f"expected a libvirt <domain> document, got <{root.tag}>")
+    return root
+
+
 def read_spec(xml: str | bytes) -> HealthSpec | None:
     """The spec stored in a domain's XML, None when it has none; raises on a broken one."""
-    return read_spec_from_root(parse_xml(xml))
+    return read_spec_from_root(parse_domain(xml))
 
 
 # ---------------------------------------------------------------------------
@@ -175,8 +185,8 @@ def _check_model_fits(root: etree._Element, watchdog: Watchdog) -> None:
         raise XmlError(f"watchdog model ib700 is an ISA device for x86; this domain is {arch}")
 
 
-def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit
-                    ) -> list[etree._Element]:
+def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit, *,
+                    allow_multiple: bool) -> list[etree._Element]:
     """Put the spec's watchdog in place; return the undo records for what changed."""
     _check_model_fits(root, watchdog)
     undo: list[etree._Element] = []
@@ -187,6 +197,12 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit
         undo.append(etree.Element("created-devices"))
     action = watchdog.action.value
     existing = devices.findall("watchdog")
+    others = [dev.get("model", "?") for dev in existing if dev.get("model") != watchdog.model.value]
+    if others and not allow_multiple and len(others) == len(existing):
+        raise XmlError(f"the domain already has a {others[0]} watchdog and this libvirt "
+                       "allows only one (several are allowed from libvirt 9.1); set "
+                       f"watchdog.model: {others[0]} in the spec, or remove that device "
+                       "with `virsh edit`")
     if not any(dev.get("model") == watchdog.model.value for dev in existing):
         device = etree.Element("watchdog", model=watchdog.model.value, action=action)
         _append(devices, device)
@@ -214,7 +230,9 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
     if undo is None:
         return
     devices = root.find("devices")
-    for record in undo:
+    # Last change first, as undo goes: <devices> is dropped only after what we added
+    # to it is gone.
+    for record in reversed(undo):
         if not isinstance(record.tag, str) or devices is None:
             continue
         model = record.get("model")
@@ -274,9 +292,34 @@ def _create_metadata(root: etree._Element) -> etree._Element:
     return metadata
 
 
-def apply_spec(xml: str | bytes, spec: HealthSpec) -> Edit:
-    """Return the domain XML with `spec` stored and its watchdog in place."""
-    root = parse_xml(xml)
+def is_applied(xml: str | bytes, spec: HealthSpec) -> bool:
+    """True when the document already stores `spec` with its watchdog in place.
+
+    libvirt reformats and reorders what it is given, so comparing text after a
+    round trip through libvirt says nothing; compare what apply would establish.
+    """
+    root = parse_domain(xml)
+    try:
+        if read_spec_from_root(root) != spec:
+            return False
+    except (XmlError, ValueError):
+        return False
+    if spec.watchdog is None:
+        return True
+    watchdogs = root.findall("devices/watchdog")
+    return any(dev.get("model") == spec.watchdog.model.value for dev in watchdogs) and all(
+        dev.get("action", "reset") == spec.watchdog.action.value for dev in watchdogs)
+
+
+def apply_spec(xml: str | bytes, spec: HealthSpec, *, allow_multiple_watchdogs: bool = True
+               ) -> Edit:
+    """Return the domain XML with `spec` stored and its watchdog in place.
+
+    `allow_multiple_watchdogs`: whether libvirt accepts several watchdog devices
+    (libvirt >= 9.1); when it does not, a domain with a watchdog of another model is
+    refused rather than silently given a second one.
+    """
+    root = parse_domain(xml)
     edit = Edit(xml="")
     _strip(root, edit)
     # Changes made while undoing are an implementation detail of re-applying; report
@@ -294,7 +337,8 @@ def apply_spec(xml: str | bytes, spec: HealthSpec) -> Edit:
     spec_el.text = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
     _append(health, spec_el)
     if spec.watchdog is not None:
-        undo_records += _apply_watchdog(root, spec.watchdog, edit)
+        undo_records += _apply_watchdog(root, spec.watchdog, edit,
+                                        allow_multiple=allow_multiple_watchdogs)
     if undo_records:
         undo = etree.Element("undo")
         _append(health, undo)
@@ -308,7 +352,7 @@ def apply_spec(xml: str | bytes, spec: HealthSpec) -> Edit:
 
 def remove_spec(xml: str | bytes) -> Edit | None:
     """Return the domain XML without our metadata and device changes; None if none."""
-    root = parse_xml(xml)
+    root = parse_domain(xml)
     edit = Edit(xml="")
     if not _strip(root, edit):
         return None

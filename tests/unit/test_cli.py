@@ -1,0 +1,117 @@
+"""The apply/show/remove commands against a private libvirt test-driver connection."""
+
+from __future__ import annotations
+
+import json
+
+import libvirt
+import pytest
+from click.testing import CliRunner
+
+from vmhealth.cli import Context, main
+
+SPEC = "livenessProbe: {tcpSocket: {port: 22}}\nwatchdog: {action: poweroff}\n"
+
+
+@pytest.fixture
+def run(conn):
+    runner = CliRunner()
+
+    def invoke(*args, input=None):
+        return runner.invoke(main, list(args), obj=Context(uri=None, conn=conn), input=input)
+
+    return invoke
+
+
+def inactive(conn, name="web1"):
+    return conn.lookupByName(name).XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE |
+                                           libvirt.VIR_DOMAIN_XML_SECURE)
+
+
+def test_apply_from_stdin_reports_changes(run, conn):
+    result = run("apply", "web1", "-f", "-", input=SPEC)
+    assert result.exit_code == 0, result.output
+    assert "web1: added a i6300esb watchdog with action poweroff" in result.output
+    assert "takes effect at its next boot" in result.output
+    assert "<watchdog model='i6300esb' action='poweroff'/>" in inactive(conn)
+
+
+def test_apply_keeps_secrets_in_the_definition(run, conn):
+    assert run("apply", "web1", "-f", "-", input=SPEC).exit_code == 0
+    assert "s3cret-pass" in inactive(conn)
+
+
+def test_dry_run_changes_nothing_and_hides_secrets(run, conn):
+    before = inactive(conn)
+    result = run("apply", "web1", "-f", "-", "--dry-run", input=SPEC)
+    assert result.exit_code == 0
+    assert "+    <watchdog model=\"i6300esb\" action=\"poweroff\"/>" in result.output
+    assert "s3cret-pass" not in result.output
+    assert inactive(conn) == before
+
+
+def test_apply_twice_says_unchanged(run):
+    assert run("apply", "web1", "-f", "-", input=SPEC).exit_code == 0
+    again = run("apply", "web1", "-f", "-", input=SPEC)
+    assert again.exit_code == 0 and again.output == "web1: unchanged\n"
+
+
+def test_running_domain_gets_live_metadata(run, conn):
+    run("apply", "web1", "-f", "-", input=SPEC)
+    live = conn.lookupByName("web1").XMLDesc(0)
+    assert "https://vmhealth.dev/xmlns/health/1" in live and "tcpSocket" in live
+
+
+def test_invalid_spec_exits_2_and_writes_nothing(run, conn):
+    before = inactive(conn)
+    result = run("apply", "web1", "-f", "-",
+                 input="readinessProbe:\n  httpGet: {port: 70000}\n")
+    assert result.exit_code == 2
+    assert "readinessProbe.httpGet.port: must be between 1 and 65535" in result.output
+    assert inactive(conn) == before
+
+
+def test_unknown_domain_exits_1(run):
+    result = run("apply", "nosuch", "-f", "-", input=SPEC)
+    assert result.exit_code == 1
+    assert "domain 'nosuch' not found" in result.output
+
+
+def test_single_watchdog_libvirt_refusal_is_exit_2(run, conn):
+    if conn.getLibVersion() >= 9_001_000:
+        pytest.skip("this libvirt allows several watchdogs")
+    result = run("apply", "ib700vm", "-f", "-", input=SPEC)
+    assert result.exit_code == 2 and "already has a ib700 watchdog" in result.output
+
+
+def test_show_json_and_yaml(run):
+    run("apply", "web1", "-f", "-", input=SPEC)
+    as_json = json.loads(run("show", "web1", "-o", "json").output)
+    assert as_json["livenessProbe"]["tcpSocket"] == {"port": 22}
+    assert as_json["terminationGracePeriodSeconds"] == 30
+    assert "onLivenessFailure: restart" in run("show", "web1").output
+
+
+def test_show_without_spec_exits_1(run):
+    result = run("show", "web1")
+    assert result.exit_code == 1 and "no vmhealth spec" in result.output
+
+
+def test_remove_restores_and_is_idempotent(run, conn):
+    before = inactive(conn)
+    run("apply", "web1", "-f", "-", input=SPEC)
+    assert run("remove", "web1").exit_code == 0
+    assert inactive(conn) == before
+    again = run("remove", "web1")
+    assert again.exit_code == 0 and "nothing to remove" in again.output
+
+
+def test_unreachable_libvirt_exits_1():
+    result = CliRunner().invoke(main, ["--connect", "test:///nonexistent/driver.xml",
+                                       "show", "web1"])
+    assert result.exit_code == 1 and "cannot connect to libvirt" in result.output
+
+
+def test_help_explains_examples():
+    result = CliRunner().invoke(main, ["apply", "--help"])
+    assert result.exit_code == 0 and "kubectl get vmi web1 -o yaml" in result.output
