@@ -1,0 +1,157 @@
+"""What every probe handler shares: result construction, deadlines, guest targets.
+
+Semantics follow /work/shared/reference/probe-semantics.md ("Handlers", "Outcomes"):
+a probe that could not be run at all is an ERROR (retried by the prober, never
+counted); a clean negative answer is a FAILURE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import Awaitable
+from typing import TypeVar
+
+from vmhealth.monitor.interfaces import (
+    AgentError,
+    AgentUnavailable,
+    GuestAccess,
+    Outcome,
+    ProbeResult,
+)
+
+T = TypeVar("T")
+
+# Kubelet reads at most 10 KiB of an HTTP body or exec output (probe-semantics.md).
+OUTPUT_CAP_BYTES = 10 * 1024
+
+
+class ProbeClock:
+    """Start time of one probe run, for ProbeResult.started_at/duration."""
+
+    __slots__ = ("started_at", "_t0")
+
+    def __init__(self) -> None:
+        self.started_at = time.time()
+        self._t0 = time.monotonic()
+
+    def result(self, outcome: Outcome, message: str) -> ProbeResult:
+        return ProbeResult(outcome=outcome, message=message,
+                           duration=time.monotonic() - self._t0, started_at=self.started_at)
+
+
+if sys.version_info >= (3, 11):
+    async def with_timeout(awaitable: Awaitable[T], seconds: float) -> T:
+        """Await with a time limit; raises TimeoutError (asyncio.timeout: no extra task)."""
+        async with asyncio.timeout(seconds):
+            return await awaitable
+else:  # pragma: no cover - exercised on EL9's Python 3.9
+    async def with_timeout(awaitable: Awaitable[T], seconds: float) -> T:
+        """Await with a time limit; raises TimeoutError."""
+        try:
+            return await asyncio.wait_for(awaitable, seconds)
+        except asyncio.TimeoutError as exc:  # a distinct class before 3.11
+            raise TimeoutError from exc
+
+
+def address_family(host: str) -> int | None:
+    """AF_INET/AF_INET6 for an IP literal, None for a host name (needs resolving)."""
+    if ":" in host:
+        try:
+            socket.inet_pton(socket.AF_INET6, host)
+        except OSError:
+            return None
+        return socket.AF_INET6
+    try:
+        socket.inet_pton(socket.AF_INET, host)
+    except OSError:
+        return None
+    return socket.AF_INET
+
+
+async def target_hosts(spec_host: str | None, access: GuestAccess) -> list[str]:
+    """Where to connect: the spec's host, else the guest's addresses (IPv4 and IPv6), best first.
+
+    An empty list means there is nothing to try yet (the caller reports an ERROR).
+    """
+    if spec_host:
+        return [spec_host]
+    try:
+        return list(await access.addresses())
+    except (AgentUnavailable, AgentError, OSError):
+        return []  # address discovery failed: nothing to try this time
+
+
+def no_address(clock: ProbeClock, access: GuestAccess) -> ProbeResult:
+    return clock.result(Outcome.ERROR,
+                        f"no IP address known for guest {access.name} yet "
+                        "(no DHCP lease, agent or ARP entry); set the probe's host to skip "
+                        "address discovery")
+
+
+def host_for_url(host: str) -> str:
+    """A host as it appears in a URL or Host header: IPv6 literals in brackets."""
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def describe_os_error(exc: OSError) -> str:
+    """`connection refused` rather than `[Errno 111] Connect call failed ('10.0.0.5', 80)`."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if exc.strerror:
+        return exc.strerror[0].lower() + exc.strerror[1:]
+    return str(exc) or type(exc).__name__
+
+
+def printable_excerpt(data: bytes, limit: int = 200) -> str:
+    """A short, single-line rendering of guest-controlled bytes for a message."""
+    text = data[:limit].decode("utf-8", "replace")
+    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
+    return text + ("..." if len(data) > limit else "")
+
+
+class ConnectFailed(Exception):
+    """No address of the guest accepted the connection; the message names each attempt."""
+
+
+async def _sockaddrs(host: str, port: int) -> list[tuple[int, tuple]]:
+    family = address_family(host)
+    if family is not None:  # an IP literal: no resolver round trip on the hot path
+        return [(family, (host, port))]
+    loop = asyncio.get_running_loop()
+    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [(info[0], info[4]) for info in infos]
+
+
+async def connect_first(hosts: list[str], port: int) -> tuple[socket.socket, str]:
+    """Connect to the first of `hosts` that accepts, in order; returns (socket, host).
+
+    The caller bounds the whole attempt with with_timeout(); a refused or unreachable
+    address moves on to the next one (kubelet dials one address; a VM has several).
+    """
+    loop = asyncio.get_running_loop()
+    problems = []
+    for host in hosts:
+        try:
+            sockaddrs = await _sockaddrs(host, port)
+        except OSError as exc:
+            problems.append(f"{host}: cannot resolve ({describe_os_error(exc)})")
+            continue
+        for family, sockaddr in sockaddrs:
+            sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                await loop.sock_connect(sock, sockaddr)
+            except OSError as exc:
+                sock.close()
+                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
+                continue
+            except BaseException:  # cancelled or timed out: never leak the socket
+                sock.close()
+                raise
+            return sock, host
+    raise ConnectFailed("; ".join(problems))

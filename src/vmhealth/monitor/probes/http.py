@@ -1,0 +1,269 @@
+"""httpGet probe over asyncio transports, with httptools (llhttp) parsing the response.
+
+Semantics: /work/shared/reference/probe-semantics.md, "Handlers" (httpGet), as kubelet
+implements them: scheme HTTP or HTTPS (certificate not verified); host = the spec's
+host, else the guest's addresses tried in order; path, headers (a `Host` header
+overrides the request host); `User-Agent: vmhealth/<version>` and `Accept: */*`
+unless given; one connection per probe (`Connection: close`, as kubelet's
+DisableKeepAlives); success 200 <= status < 400; body read at most 10 KiB; redirects
+to the same host name followed (at most 10); a redirect to another host is not
+followed and counts as success with a warning; the whole probe, redirects included,
+within timeoutSeconds.
+
+Why httptools over raw transports rather than aiohttp or httpx: at ~1,000 HTTP probes
+a second the client's CPU per request decides whether the daemon fits its budget;
+docs/probes.md records the measurement. The request is a fixed GET built once per
+(probe, host) from validated parts; every byte the guest sends is parsed by llhttp.
+
+Header values never appear in messages or logs: they may carry credentials.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import socket
+import ssl
+from urllib.parse import quote, urljoin, urlsplit
+
+import httptools
+
+from vmhealth import __version__, spec
+from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
+from vmhealth.monitor.probes.common import (
+    OUTPUT_CAP_BYTES,
+    ConnectFailed,
+    ProbeClock,
+    connect_first,
+    describe_os_error,
+    host_for_url,
+    no_address,
+    printable_excerpt,
+    target_hosts,
+    with_timeout,
+)
+
+USER_AGENT = f"vmhealth/{__version__}"
+MAX_REDIRECTS = 10  # kubelet (Go's http.Client): "stopped after 10 redirects"
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
+                         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+# Characters kept as they are when a redirect's Location is put on the request line.
+_PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
+
+
+class InvalidResponse(Exception):
+    """The guest's answer is not HTTP/1.x that llhttp accepts."""
+
+
+class _ResponseReader(asyncio.Protocol):
+    """Sends one request and feeds the response to httptools until complete or 10 KiB."""
+
+    def __init__(self, request: bytes, done: asyncio.Future) -> None:
+        self._request = request
+        self._done = done
+        self._parser = httptools.HttpResponseParser(self)
+        self._transport: asyncio.Transport | None = None
+        self.status = 0
+        self.location: bytes | None = None
+        self.body = bytearray()
+        self.headers_complete = False
+
+    # -- asyncio.Protocol -------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._finish()
+        except httptools.HttpParserError as exc:
+            self._fail(InvalidResponse(f"invalid HTTP response ({exc})"))
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.headers_complete:
+            self._finish()  # a body delimited by the end of the connection
+        elif exc is not None:
+            self._fail(exc)
+        else:
+            self._fail(InvalidResponse("connection closed before a complete response"))
+
+    # -- httptools callbacks ------------------------------------------------
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == b"location":
+            self.location = value
+
+    def on_headers_complete(self) -> None:
+        self.status = self._parser.get_status_code()
+        self.headers_complete = True
+
+    def on_body(self, body: bytes) -> None:
+        room = OUTPUT_CAP_BYTES - len(self.body)
+        self.body += body[:room]
+        if len(self.body) >= OUTPUT_CAP_BYTES:
+            self._finish()  # read no more than 10 KiB (kubelet's limit)
+
+    def on_message_complete(self) -> None:
+        self._finish()
+
+    # -- ending -----------------------------------------------------------------
+    def _finish(self) -> None:
+        if not self._done.done():
+            self._done.set_result(None)
+        if self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._done.done():
+            self._done.set_exception(exc)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+
+@functools.lru_cache(maxsize=1)
+def _insecure_tls_context() -> ssl.SSLContext:
+    """Kubelet's HTTPS probes skip certificate checks (InsecureSkipVerify); so do we."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def _host_header_value(handler: spec.HttpGet) -> str | None:
+    for name, value in handler.http_headers:
+        if name.lower() == "host":
+            return value
+    return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _build_request(handler: spec.HttpGet, target: str, default_host: str) -> bytes:
+    """The request bytes for one probe target; built once, validated part by part.
+
+    Raises ValueError naming the offending header by position (never its value).
+    """
+    given = {name.lower() for name, _value in handler.http_headers}
+    if any(ch in target for ch in "\r\n \x00"):
+        raise ValueError("the request path contains spaces or control characters")
+    lines = [f"GET {target} HTTP/1.1"]
+    if "host" not in given:
+        lines.append(f"Host: {default_host}")
+    for index, (name, value) in enumerate(handler.http_headers):
+        if not name or not set(name) <= _TOKEN_CHARS:
+            raise ValueError(f"httpHeaders[{index}].name is not a valid HTTP header name")
+        if any(ch in value for ch in "\r\n\x00"):
+            raise ValueError(f"httpHeaders[{index}].value contains line breaks")
+        lines.append(f"{name}: {value}")
+    if "user-agent" not in given:
+        lines.append(f"User-Agent: {USER_AGENT}")
+    if "accept" not in given:
+        lines.append("Accept: */*")
+    lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8")
+
+
+def _authority(host: str, port: int, scheme: str) -> str:
+    if DEFAULT_PORTS[scheme] == port:
+        return host_for_url(host)
+    return f"{host_for_url(host)}:{port}"
+
+
+def _same_host(a: str, b: str) -> bool:
+    return a.strip("[]").lower() == b.strip("[]").lower()
+
+
+async def _exchange(sock: socket.socket, request: bytes, *, tls: bool,
+                    server_hostname: str | None) -> _ResponseReader:
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    reader = _ResponseReader(request, done)
+    try:
+        if tls:
+            await loop.create_connection(lambda: reader, sock=sock,
+                                         ssl=_insecure_tls_context(),
+                                         server_hostname=server_hostname or "")
+        else:
+            await loop.create_connection(lambda: reader, sock=sock)
+        await done
+    except BaseException:
+        reader.abort()
+        sock.close()
+        raise
+    return reader
+
+
+async def _probe(handler: spec.HttpGet, hosts: list[str],
+                 clock: ProbeClock) -> ProbeResult:
+    scheme = handler.scheme.value.lower()
+    port = handler.port
+    target = handler.path
+    host_override = _host_header_value(handler)
+    for redirects in range(MAX_REDIRECTS + 1):
+        try:
+            sock, host = await connect_first(hosts, port)
+        except ConnectFailed as exc:
+            return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {exc}")
+        url = f"{scheme}://{_authority(host, port, scheme)}{target}"
+        try:
+            request = _build_request(handler, target, _authority(host, port, scheme))
+        except ValueError as exc:
+            sock.close()
+            return clock.result(Outcome.ERROR, f"cannot build the request: {exc}")
+        sni = host_override.rsplit(":", 1)[0] if host_override else None
+        try:
+            reader = await _exchange(sock, request, tls=scheme == "https", server_hostname=sni)
+        except (OSError, InvalidResponse) as exc:
+            text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
+            return clock.result(Outcome.FAILURE, f"HTTP GET {url}: {text}")
+        status = reader.status
+        if 300 <= status < 400 and reader.location is not None:
+            if redirects == MAX_REDIRECTS:
+                return clock.result(Outcome.FAILURE, f"HTTP GET {url}: stopped after "
+                                                     f"{MAX_REDIRECTS} redirects")
+            location = urljoin(url, reader.location.decode("latin-1"))
+            parts = urlsplit(location)
+            if parts.scheme not in DEFAULT_PORTS or not _same_host(parts.hostname or "", host):
+                # Kubelet: not followed, reported as success with a warning.
+                return clock.result(Outcome.SUCCESS,
+                                    f"warning: HTTP {status} from GET {url} redirects to "
+                                    f"another host ({parts.hostname}); not followed, "
+                                    "counted as success")
+            scheme = parts.scheme
+            port = parts.port or DEFAULT_PORTS[scheme]
+            target = quote(parts.path or "/", safe=_PATH_SAFE)
+            if parts.query:
+                target += "?" + quote(parts.query, safe=_PATH_SAFE)
+            hosts = [host]
+            continue
+        if 200 <= status < 400:
+            return clock.result(Outcome.SUCCESS, f"HTTP {status} from GET {url}")
+        excerpt = printable_excerpt(bytes(reader.body))
+        return clock.result(Outcome.FAILURE, f"HTTP {status} from GET {url}"
+                                             + (f": {excerpt}" if excerpt else ""))
+    raise AssertionError("unreachable: the loop returns on its last round")
+
+
+async def run_http_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
+    handler = probe.handler
+    assert isinstance(handler, spec.HttpGet)
+    clock = ProbeClock()
+    hosts = await target_hosts(handler.host, access)
+    if not hosts:
+        return no_address(clock, access)
+    try:
+        return await with_timeout(_probe(handler, hosts, clock), probe.timeout_seconds)
+    except TimeoutError:
+        return clock.result(Outcome.FAILURE, f"HTTP GET port {handler.port}: timed out after "
+                                             f"{probe.timeout_seconds}s")

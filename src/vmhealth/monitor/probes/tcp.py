@@ -1,0 +1,39 @@
+"""tcpSocket probe: connect within timeoutSeconds, then close; success = connected.
+
+Semantics: /work/shared/reference/probe-semantics.md, "Handlers" (tcpSocket). The
+host is the spec's host, else the guest's addresses (IPv4 and IPv6) tried in order,
+all within one timeoutSeconds.
+"""
+
+from __future__ import annotations
+
+from vmhealth import spec
+from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
+from vmhealth.monitor.probes.common import (
+    ConnectFailed,
+    ProbeClock,
+    connect_first,
+    host_for_url,
+    no_address,
+    target_hosts,
+    with_timeout,
+)
+
+
+async def run_tcp_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
+    handler = probe.handler
+    assert isinstance(handler, spec.TcpSocket)
+    clock = ProbeClock()
+    hosts = await target_hosts(handler.host, access)
+    if not hosts:
+        return no_address(clock, access)
+    try:
+        sock, host = await with_timeout(connect_first(hosts, handler.port),
+                                        probe.timeout_seconds)
+    except ConnectFailed as exc:
+        return clock.result(Outcome.FAILURE, f"tcp connect failed: {exc}")
+    except TimeoutError:
+        return clock.result(Outcome.FAILURE, f"tcp connect to port {handler.port} timed out "
+                                             f"after {probe.timeout_seconds}s")
+    sock.close()
+    return clock.result(Outcome.SUCCESS, f"connected to {host_for_url(host)}:{handler.port}")
