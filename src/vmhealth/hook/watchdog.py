@@ -1,0 +1,97 @@
+"""The migrate/restore filter: make every watchdog's action the one the spec asks for.
+
+A watchdog's action is host-side policy that the guest cannot see, so libvirt accepts
+a changed action on an incoming migration or a restore. Devices are another matter:
+adding or removing one would change the machine under a running guest, so this filter
+never does; a watchdog the spec wants but the domain lacks is reported instead and
+arrives with the next cold boot (the persistent definition already has it).
+
+The edit is made on the original bytes, touching only the action attribute, so the
+XML libvirt gets back is the XML it sent in every other byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from vmhealth.hook.scan import DomainFacts, ScanError
+
+_SPACE = b" \t\r\n"
+
+
+@dataclass(frozen=True)
+class Alignment:
+    xml: bytes | None  # the changed document, None when nothing needed changing
+    changes: tuple[str, ...]  # what changed, one line each, for stderr
+    missing_model: str | None  # the spec's watchdog model, when the domain lacks it
+
+
+def align(data: bytes, facts: DomainFacts, model: str, action: str) -> Alignment:
+    """Set every watchdog's action to `action` (libvirt: all watchdogs share one)."""
+    edited = data
+    changes = []
+    # Back to front, so each edit leaves the offsets of earlier tags valid.
+    for device in sorted(facts.watchdogs, key=lambda dev: dev.offset, reverse=True):
+        if device.effective_action == action:
+            continue
+        edited = _set_action(edited, device.offset, action)
+        changes.append(f"watchdog {device.model or '(no model)'}: action "
+                       f"{device.effective_action} -> {action}")
+    changes.reverse()
+    present = any(device.model == model for device in facts.watchdogs)
+    return Alignment(xml=edited if changes else None, changes=tuple(changes),
+                     missing_model=None if present else model)
+
+
+def _set_action(data: bytes, offset: int, action: str) -> bytes:
+    """Return `data` with the start tag at `offset` carrying action=`action`."""
+    value = action.encode("ascii")
+    attributes, end = _attributes(data, offset)
+    for name, start, stop, _quote in attributes:
+        if name == b"action":
+            return data[:start] + value + data[stop:]
+    # No action attribute yet: add one after the last attribute, in its quote style.
+    if attributes:
+        quote = attributes[-1][3]
+        insert_at = attributes[-1][2] + 1
+    else:
+        quote = b"'"
+        insert_at = offset + len(b"<watchdog")
+    return data[:insert_at] + b" action=" + quote + value + quote + data[insert_at:]
+
+
+def _skip_space(data: bytes, position: int) -> int:
+    while position < len(data) and data[position] in _SPACE:
+        position += 1
+    return position
+
+
+def _attributes(data: bytes, offset: int) -> tuple[list[tuple[bytes, int, int, bytes]], int]:
+    """(name, value start, value end, quote) of each attribute of the start tag at
+    `offset`, and the index of its closing '>'.
+
+    expat has already checked the document is well-formed, so the tag is
+    `<name (S attr S? = S? quoted-value)* S? /?>`; any surprise is a ScanError.
+    """
+    if not data.startswith(b"<watchdog", offset):
+        raise ScanError(f"no <watchdog> start tag at byte {offset}")
+    position = offset + len(b"<watchdog")
+    found = []
+    try:
+        while True:
+            position = _skip_space(data, position)
+            if data[position:position + 1] in (b"/", b">"):
+                return found, data.index(b">", position)
+            equals = data.index(b"=", position)
+            name = data[position:equals].strip(_SPACE)
+            position = _skip_space(data, equals + 1)
+            quote = data[position:position + 1]
+            if quote not in (b"'", b'"'):
+                raise ScanError(f"unexpected byte {quote!r} in a <watchdog> tag")
+            close = data.index(quote, position + 1)
+            found.append((name, position + 1, close, quote))
+            position = close + 1
+    except ScanError:
+        raise
+    except ValueError as exc:  # bytes.index found nothing: a truncated tag
+        raise ScanError(f"unreadable <watchdog> tag at byte {offset}") from exc
