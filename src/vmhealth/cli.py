@@ -235,3 +235,15 @@ __all__ = ["main", "Context", "pass_context", "Failure", "UsageFailure", "defaul
            "NAMESPACE"]
 
 # --- command groups of other modules: one import and one add_command each, below ---
+from vmhealth.cli_guest import cloudinit, guest  # noqa: E402, I001 - needs main defined
+
+main.add_command(guest)
+main.add_command(cloudinit)
+from vmhealth.cli_daemon import (  # noqa: E402, I001 - needs main defined
+    daemon_command, events_command, probe_command, status_command, wait_command)
+
+main.add_command(daemon_command)
+main.add_command(status_command)
+main.add_command(wait_command)
+main.add_command(events_command)
+main.add_command(probe_command)
