@@ -1,0 +1,206 @@
+"""What the daemon does when liveness fails: restart, reset, poweroff or nothing.
+
+Restart is the Kubernetes sequence adapted to a VM: ask the guest to shut down (ACPI),
+give it terminationGracePeriodSeconds, destroy it if it is still running, then start
+it again. Restarts of one domain back off exponentially (10 s, 20 s, ... capped at
+5 minutes) so a guest that fails every time does not loop; the count starts over once
+the domain has run 10 minutes since its last restart. The wait happens while the
+domain is off, like Kubernetes' CrashLoopBackOff.
+
+Every libvirt call blocks, so each runs in the control thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import libvirt
+
+from vmhealth.monitor.events import EventLog
+from vmhealth.monitor.logfmt import log_fields
+from vmhealth.spec import LivenessAction
+
+log = logging.getLogger("vmhealth.actions")
+
+SHUTDOWN_POLL_SECONDS = 0.5
+
+
+@dataclass
+class Backoff:
+    """Restart back-off of one domain."""
+
+    initial: float = 10.0
+    maximum: float = 300.0
+    reset_after: float = 600.0
+    count: int = 0
+    last: float | None = None
+
+    def delay(self, now: float) -> float:
+        """Seconds to wait before the restart about to happen."""
+        if self.last is not None and now - self.last >= self.reset_after:
+            self.count = 0  # it ran long enough since the last restart: start over
+        if self.count == 0:
+            return 0.0
+        return min(self.initial * 2 ** (self.count - 1), self.maximum)
+
+    def record(self, now: float) -> None:
+        self.count += 1
+        self.last = now
+
+
+@dataclass
+class PendingAction:
+    action: str
+    phase: str  # shutting down, destroying, backing off, starting, resetting, done, failed
+    since: float
+    resume_at: float | None = None  # wall-clock time the back-off ends
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"action": self.action, "phase": self.phase, "since": self.since,
+                "resumeAt": self.resume_at}
+
+
+class ActionRunner:
+    def __init__(self, events: EventLog, pool: Executor, *, initial: float = 10.0,
+                 maximum: float = 300.0, reset_after: float = 600.0,
+                 clock: Callable[[], float] = time.monotonic,
+                 on_action: Callable[[str, str], None] | None = None) -> None:
+        self._events = events
+        self._pool = pool
+        self._backoff_settings = (initial, maximum, reset_after)
+        self._clock = clock
+        self._on_action = on_action or (lambda domain, action: None)
+        self._backoffs: dict[str, Backoff] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self.pending: dict[str, PendingAction] = {}  # domain uuid -> action in flight
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Set when the daemon stops: a back-off wait ends at once and the domain is
+        # started, because nobody would start it later.
+        self.stopping = asyncio.Event()
+
+    def backoff(self, uuid: str) -> Backoff:
+        if uuid not in self._backoffs:
+            initial, maximum, reset_after = self._backoff_settings
+            self._backoffs[uuid] = Backoff(initial, maximum, reset_after)
+        return self._backoffs[uuid]
+
+    def busy(self, uuid: str) -> bool:
+        return uuid in self.pending
+
+    def start(self, dom: Any, action: LivenessAction, grace_seconds: int, reason: str
+              ) -> asyncio.Task[None] | None:
+        """Run `action` on `dom` in the background; None when one is already in flight."""
+        uuid = dom.UUIDString()
+        if uuid in self.pending:
+            return None
+        self.pending[uuid] = PendingAction(action.value, "starting", time.time())
+        task = asyncio.ensure_future(self._run(dom, uuid, action, grace_seconds, reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def wait_idle(self, timeout: float) -> bool:
+        """Wait for actions in flight (daemon stopping); False when some did not finish."""
+        if not self._tasks:
+            return True
+        _done, not_done = await asyncio.wait(set(self._tasks), timeout=timeout)
+        return not not_done
+
+    def cancel_all(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
+    async def _run(self, dom: Any, uuid: str, action: LivenessAction, grace: int,
+                   reason: str) -> None:
+        name = dom.name()
+        lock = self._locks.setdefault(uuid, asyncio.Lock())
+        async with lock:
+            try:
+                if action is LivenessAction.RESTART:
+                    await self._restart(dom, uuid, grace)
+                elif action is LivenessAction.RESET:
+                    self._phase(uuid, "resetting")
+                    await self._call(dom.reset, 0)
+                elif action is LivenessAction.POWEROFF:
+                    self._phase(uuid, "powering off")
+                    await self._destroy_if_active(dom)
+                self._on_action(name, action.value)
+                self._events.record(name, "LivenessAction", f"liveness failed ({reason}): "
+                                    f"{action.value} done", action=action.value)
+            except libvirt.libvirtError as exc:
+                log.error("liveness action failed", extra=log_fields(
+                    domain=name, action=action.value, error=str(exc)))
+                self._events.record(name, "LivenessActionFailed",
+                                    f"{action.value} failed: {exc}", action=action.value)
+            finally:
+                self.pending.pop(uuid, None)
+
+    def _phase(self, uuid: str, phase: str, resume_at: float | None = None) -> None:
+        pending = self.pending.get(uuid)
+        if pending is not None:
+            pending.phase = phase
+            pending.resume_at = resume_at
+
+    async def _restart(self, dom: Any, uuid: str, grace: int) -> None:
+        persistent = await self._call(dom.isPersistent)
+        # A transient domain disappears when it stops: keep its definition to start it.
+        xml = None if persistent else await self._call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_SECURE)
+        self._phase(uuid, "shutting down")
+        if await self._is_active(dom):
+            try:
+                await self._call(dom.shutdown)
+            except libvirt.libvirtError as exc:
+                log.warning("graceful shutdown refused; destroying", extra=log_fields(
+                    domain=dom.name(), error=str(exc)))
+            await self._wait_inactive(dom, grace)
+        self._phase(uuid, "destroying")
+        await self._destroy_if_active(dom)
+        backoff = self.backoff(uuid)
+        delay = backoff.delay(self._clock())
+        if delay > 0:
+            self._phase(uuid, "backing off", time.time() + delay)
+            self._events.record(dom.name(), "RestartBackOff",
+                                f"restart back-off: starting again in {delay:g} s",
+                                delaySeconds=delay, restarts=backoff.count)
+            try:
+                await asyncio.wait_for(self.stopping.wait(), delay)
+            except asyncio.TimeoutError:
+                pass
+        self._phase(uuid, "starting")
+        if persistent:
+            await self._call(dom.create)
+        else:
+            await self._call(dom.connect().createXML, xml, 0)
+        backoff.record(self._clock())
+
+    async def _is_active(self, dom: Any) -> bool:
+        try:
+            return bool(await self._call(dom.isActive))
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                return False  # a transient domain is gone once it stops
+            raise
+
+    async def _wait_inactive(self, dom: Any, grace: float) -> None:
+        deadline = self._clock() + grace
+        while self._clock() < deadline:
+            if not await self._is_active(dom):
+                return
+            await asyncio.sleep(min(SHUTDOWN_POLL_SECONDS, max(0.0, deadline - self._clock())))
+
+    async def _destroy_if_active(self, dom: Any) -> None:
+        try:
+            if await self._is_active(dom):
+                await self._call(dom.destroy)
+        except libvirt.libvirtError as exc:
+            # It may have stopped between the check and the call: only that is fine.
+            if await self._is_active(dom):
+                raise exc from None

@@ -1,0 +1,494 @@
+"""The host monitor daemon: one asyncio process watching every domain with a health spec.
+
+It learns about domains three ways, all leading to the same `adopt` (libvirt stays
+the source of truth): a full reconciliation against libvirt at start and after every
+reconnect, libvirt's domain events (through libvirtaio), and the hook's spool files.
+It rebuilds everything from libvirt, so a restart of the daemon or of libvirtd loses
+nothing; new probers start with liveness alive and need failureThreshold fresh
+failures, so a restart never triggers an action on its own.
+
+Stopping: the first SIGTERM/SIGINT stops probing and lets liveness actions in flight
+finish (a restart's back-off ends early so no domain is left off); a second one stops
+at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import os
+import signal
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable
+
+import libvirt
+
+from vmhealth.domainxml import NAMESPACE
+from vmhealth.monitor.actions import ActionRunner
+from vmhealth.monitor.adoption import InvalidSpec, domain_spec, wants_monitoring
+from vmhealth.monitor.config import DaemonConfig
+from vmhealth.monitor.domain_monitor import DomainMonitor
+from vmhealth.monitor.events import EventLog
+from vmhealth.monitor.interfaces import ProbeResult
+from vmhealth.monitor.libvirt_access import LibvirtGuestAccess
+from vmhealth.monitor.logfmt import log_fields
+from vmhealth.monitor.metrics import Metrics
+from vmhealth.monitor.prober import DomainProber
+from vmhealth.monitor.spool import SpoolWatcher
+from vmhealth.spec import LivenessAction, ProbeKind
+
+log = logging.getLogger("vmhealth.daemon")
+
+WATCHDOG_ACTIONS = {
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_NONE: "none",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_PAUSE: "pause",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_RESET: "reset",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_POWEROFF: "poweroff",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_SHUTDOWN: "shutdown",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_DEBUG: "dump",
+    libvirt.VIR_DOMAIN_EVENT_WATCHDOG_INJECTNMI: "inject-nmi",
+}
+ACTION_DRAIN_SECONDS = 600  # first SIGTERM: how long actions in flight may take
+KEEPALIVE = (5, 3)  # seconds between keepalives, misses before the connection is dead
+
+
+class UnknownDomain(LookupError):
+    pass
+
+
+def default_prober_factory(spec: Any, access: Any, listener: Any) -> Any:
+    return DomainProber(spec, access, listener)
+
+
+async def _maybe_await(value: Any) -> Any:
+    return await value if inspect.isawaitable(value) else value
+
+
+def _run_age(spool_dir: str, uuid: str, why: str) -> float:
+    """How long the domain has been running, as far as we can tell.
+
+    The hook writes the spool file when the domain starts, so its age is the run's age;
+    it keeps initialDelaySeconds from starting over when the daemon restarts. Without
+    the file we assume the run just began: a longer wait, never an early action.
+    """
+    if why == "started":
+        return 0.0
+    try:
+        return max(0.0, time.time() - os.stat(os.path.join(spool_dir, f"{uuid}.xml")).st_mtime)
+    except OSError:
+        return 0.0
+
+
+class Daemon:
+    def __init__(self, config: DaemonConfig, *,
+                 prober_factory: Callable[..., Any] = default_prober_factory,
+                 probe_runner: Callable[..., Any] | None = None) -> None:
+        self.config = config
+        self.events = EventLog(config.event_buffer)
+        self.metrics = Metrics()
+        self.monitors: dict[str, DomainMonitor] = {}  # domain uuid -> monitor
+        self.conn: libvirt.virConnect | None = None
+        self._prober_factory = prober_factory
+        self._probe_runner = probe_runner
+        self.agent_pool = ThreadPoolExecutor(config.agent_threads, "vmhealth-agent")
+        self.control_pool = ThreadPoolExecutor(config.control_threads, "vmhealth-libvirt")
+        self._adopt_locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._callback_ids: list[int] = []
+        self.actions: ActionRunner | None = None
+        self._stop: asyncio.Event | None = None
+        self._force = False
+        self._reconnecting = False
+        self.spool: SpoolWatcher | None = None
+        self.connected: asyncio.Event | None = None  # created in start(), on the loop
+
+    # ------------------------------------------------------------------ running
+    async def start(self) -> None:
+        """Everything but the API: connect (waiting for libvirt with back-off), adopt, watch."""
+        import libvirtaio  # ships with libvirt-python
+        if libvirtaio.getCurrentImpl() is None:
+            libvirtaio.virEventRegisterAsyncIOImpl()
+        libvirt.registerErrorHandler(lambda _ctx, _err: None, None)  # we log exceptions
+        if self._stop is None:
+            self._stop = asyncio.Event()
+        self.connected = asyncio.Event()
+        self.actions = ActionRunner(
+            self.events, self.control_pool, initial=self.config.backoff_initial_seconds,
+            maximum=self.config.backoff_max_seconds,
+            reset_after=self.config.backoff_reset_seconds,
+            on_action=lambda domain, action: self.metrics.actions.labels(domain, action).inc())
+        await self._connect_with_backoff()
+        self.spool = SpoolWatcher(self.config.spool_dir, self._spool_present,
+                                  self._spool_removed)
+        self.spool.start()
+        self._spawn(self._refresh_states_forever())
+
+    async def run_until_stopped(self) -> None:
+        assert self._stop is not None
+        await self._stop.wait()
+        await self.shutdown()
+
+    def install_signal_handlers_early(self) -> None:
+        """Handle SIGTERM/SIGINT from now on (before start(), which may wait for libvirt)."""
+        if self._stop is None:
+            self._stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.request_stop)
+
+    def request_stop(self) -> None:
+        assert self._stop is not None
+        if self._stop.is_set():
+            self.request_force_stop()
+            return
+        log.info("stopping: finishing liveness actions in flight (signal again to stop now)")
+        self._stop.set()
+
+    def request_force_stop(self) -> None:
+        log.warning("stopping now")
+        self._force = True
+        if self.actions is not None:
+            self.actions.cancel_all()
+        for task in list(self._tasks):
+            task.cancel()
+
+    async def shutdown(self) -> None:
+        if self.spool is not None:
+            self.spool.stop()
+        for uuid in list(self.monitors):
+            await self._drop(uuid, "daemon stopping", quiet=True)
+        if self.actions is not None and not self._force:
+            self.actions.stopping.set()
+            await self.actions.wait_idle(ACTION_DRAIN_SECONDS)
+        for task in list(self._tasks):
+            task.cancel()
+        self.events.close()
+        self._close_connection()
+        self.agent_pool.shutdown(wait=False, cancel_futures=True)
+        self.control_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+        return task
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    async def _call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.control_pool, fn, *args)
+
+    # ------------------------------------------------------------------ libvirt connection
+    async def _connect_with_backoff(self) -> None:
+        delay = 1.0
+        while True:
+            try:
+                await self._connect()
+                return
+            except libvirt.libvirtError as exc:
+                log.warning("cannot connect to libvirt; retrying", extra=log_fields(
+                    uri=self.config.libvirt_uri, error=exc.get_error_message(),
+                    retry_seconds=delay))
+            assert self._stop is not None
+            try:  # sleep, but wake up at once when asked to stop
+                await asyncio.wait_for(self._stop.wait(), delay)
+                return
+            except asyncio.TimeoutError:
+                pass
+            delay = min(delay * 2, self.config.reconnect_max_seconds)
+
+    async def _connect(self) -> None:
+        conn = await self._call(libvirt.open, self.config.libvirt_uri)
+        try:
+            conn.setKeepAlive(*KEEPALIVE)
+        except libvirt.libvirtError:
+            pass  # local drivers (test://) have no keepalive; they cannot drop either
+        conn.registerCloseCallback(self._on_close, None)
+        register = conn.domainEventRegisterAny
+        self._callback_ids = [
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG, self._on_watchdog, None),
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_AGENT_LIFECYCLE, self._on_agent, None),
+            register(None, libvirt.VIR_DOMAIN_EVENT_ID_METADATA_CHANGE, self._on_metadata,
+                     None),
+        ]
+        self.conn = conn
+        assert self.connected is not None
+        self.connected.set()
+        self.metrics.libvirt_connected.set(1)
+        log.info("connected to libvirt", extra=log_fields(uri=self.config.libvirt_uri))
+        await self.reconcile()
+
+    def _close_connection(self) -> None:
+        conn, self.conn = self.conn, None
+        if conn is None:
+            return
+        for callback_id in self._callback_ids:
+            try:
+                conn.domainEventDeregisterAny(callback_id)
+            except libvirt.libvirtError:
+                pass  # the connection is already gone
+        try:
+            conn.unregisterCloseCallback()
+            conn.close()
+        except libvirt.libvirtError:
+            pass
+
+    def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
+        # Called from libvirt's event dispatch on the loop thread.
+        if self._stop is None or self._stop.is_set() or self._reconnecting:
+            return
+        if self.connected is not None:
+            self.connected.clear()
+        self.metrics.libvirt_connected.set(0)
+        self.conn = None
+        self.events.record("", "LibvirtDisconnected",
+                           f"connection to libvirt closed (reason {reason}); reconnecting")
+        self._reconnecting = True
+        self._spawn(self._reconnect())
+
+    async def _reconnect(self) -> None:
+        try:
+            await self._connect_with_backoff()
+            if self.conn is not None:
+                self.events.record("", "LibvirtReconnected", "reconnected to libvirt")
+        finally:
+            self._reconnecting = False
+
+    # ------------------------------------------------------------------ adoption
+    async def reconcile(self) -> None:
+        """Adopt every running domain with a spec; drop monitors of domains gone."""
+        conn = self.conn
+        if conn is None:
+            return
+        domains = await self._call(conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
+        seen = set()
+        for dom in domains:
+            seen.add(dom.UUIDString())
+            await self.adopt(dom, "reconcile")
+        for uuid in list(self.monitors):
+            if uuid not in seen:
+                await self._drop(uuid, "no longer running")
+        self.metrics.monitored.set(len(self.monitors))
+
+    async def adopt(self, dom: libvirt.virDomain, why: str, *, new_run: bool = False) -> None:
+        uuid = dom.UUIDString()
+        lock = self._adopt_locks.setdefault(uuid, asyncio.Lock())
+        async with lock:
+            await self._adopt_locked(dom, uuid, why, new_run)
+        self.metrics.monitored.set(len(self.monitors))
+
+    async def _adopt_locked(self, dom: libvirt.virDomain, uuid: str, why: str,
+                            new_run: bool) -> None:
+        name = dom.name()
+        try:
+            active = await self._call(dom.isActive)
+            spec = await self._call(domain_spec, dom, self.config.spec_defaults) \
+                if active else None
+            run_id = await self._call(dom.ID) if active else -1
+        except InvalidSpec as exc:
+            self.events.record(name, "SpecInvalid", f"not monitored: {exc}")
+            await self._drop(uuid, "invalid spec", quiet=True)
+            return
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                log.warning("cannot read domain", extra=log_fields(
+                    domain=name, error=exc.get_error_message()))
+            await self._drop(uuid, "gone", quiet=True)
+            return
+        if not active or not wants_monitoring(spec):
+            await self._drop(uuid, "no health spec" if active else "not running")
+            return
+        existing = self.monitors.get(uuid)
+        if existing is not None and not new_run and existing.spec == spec \
+                and existing.run_id == run_id:
+            existing.access.dom = dom  # same run, same spec: keep its state (reconnect)
+            return
+        await self._drop(uuid, "spec changed" if existing else "", quiet=True)
+        access = LibvirtGuestAccess(dom, agent_pool=self.agent_pool,
+                                    control_pool=self.control_pool,
+                                    address_refresh_seconds=self.config.address_refresh_seconds)
+        try:
+            await access.refresh_state()
+        except libvirt.libvirtError:
+            pass  # suppression_reason() says "state not known yet" until the next refresh
+        monitor = DomainMonitor(uuid, run_id, spec, access, events=self.events,
+                                metrics=self.metrics, on_liveness_failed=self._liveness_failed)
+        monitor.attach(self._prober_factory(spec, access, monitor))
+        self.monitors[uuid] = monitor
+        # Jitter only for domains found running (daemon or libvirtd restart): many probes
+        # would otherwise fire in lock-step. A fresh start is probed on its own schedule.
+        monitor.prober.start(jitter_first_probe=why in ("reconcile", "hook"),
+                             run_age_seconds=_run_age(self.config.spool_dir, uuid, why))
+        kinds = ", ".join(kind.short for kind in spec.probes())
+        self.events.record(name, "Adopted", f"monitoring {kinds} ({why})", reason=why)
+
+    async def _drop(self, uuid: str, reason: str, *, quiet: bool = False) -> None:
+        monitor = self.monitors.pop(uuid, None)
+        if monitor is None:
+            return
+        self.metrics.forget_domain(monitor.name)
+        self.metrics.monitored.set(len(self.monitors))
+        if monitor.prober is not None:
+            await _maybe_await(monitor.prober.stop())
+        if not quiet:
+            self.events.record(monitor.name, "Released", f"no longer monitored: {reason}",
+                               reason=reason)
+
+    async def adopt_uuid(self, uuid: str, why: str) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            dom = await self._call(conn.lookupByUUIDString, uuid)
+        except libvirt.libvirtError:
+            await self._drop(uuid, "gone")
+            return
+        await self.adopt(dom, why)
+
+    # ------------------------------------------------------------------ spool
+    def _spool_present(self, uuid: str) -> None:
+        self._spawn(self.adopt_uuid(uuid, "hook"))
+
+    def _spool_removed(self, uuid: str) -> None:
+        # The hook removes the file when the domain stops; libvirt confirms it.
+        self._spawn(self.adopt_uuid(uuid, "hook"))
+
+    # ------------------------------------------------------------------ libvirt events
+    def _on_lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, detail: int,
+                      _opaque: Any) -> None:
+        uuid = dom.UUIDString()
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            self._spawn(self.adopt(dom, "started", new_run=True))
+        elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_CRASHED):
+            self._spawn(self._drop(uuid, "stopped"))
+        elif event in (libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED):
+            self._spawn(self.adopt(dom, "redefined"))
+        elif uuid in self.monitors:  # suspended, resumed, pmsuspended, shutdown begun
+            self._spawn(self._refresh_state(self.monitors[uuid]))
+
+    def _on_watchdog(self, _conn: Any, dom: libvirt.virDomain, action: int,
+                     _opaque: Any) -> None:
+        name = WATCHDOG_ACTIONS.get(action, str(action))
+        self.metrics.watchdog.labels(dom.name(), name).inc()
+        self.events.record(dom.name(), "Watchdog", f"watchdog fired; action {name}",
+                           action=name)
+
+    def _on_agent(self, _conn: Any, dom: libvirt.virDomain, state: int, reason: int,
+                  _opaque: Any) -> None:
+        connected = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
+        monitor = self.monitors.get(dom.UUIDString())
+        if monitor is not None and connected:
+            monitor.access.forget_addresses()  # the agent may know addresses now
+        self.events.record(dom.name(), "AgentConnected" if connected else "AgentDisconnected",
+                           "guest agent " + ("connected" if connected else "disconnected"),
+                           reason=reason)
+
+    def _on_metadata(self, _conn: Any, dom: libvirt.virDomain, mtype: int, nsuri: str | None,
+                     _opaque: Any) -> None:
+        if mtype != libvirt.VIR_DOMAIN_METADATA_ELEMENT or nsuri in (None, NAMESPACE):
+            self._spawn(self.adopt(dom, "metadata changed"))
+
+    # ------------------------------------------------------------------ state, actions
+    async def _refresh_state(self, monitor: DomainMonitor) -> None:
+        try:
+            await monitor.access.refresh_state()
+        except libvirt.libvirtError:
+            pass  # gone or disconnected: events and reconcile deal with that
+
+    async def _refresh_states_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.state_refresh_seconds)
+            if self.conn is not None:
+                await asyncio.gather(*(self._refresh_state(m) for m in list(self.monitors
+                                                                             .values())))
+
+    def _liveness_failed(self, monitor: DomainMonitor, result: ProbeResult) -> None:
+        self._spawn(self._act_on_liveness(monitor, result))
+
+    async def _act_on_liveness(self, monitor: DomainMonitor, result: ProbeResult) -> None:
+        assert self.actions is not None and self._stop is not None
+        name = monitor.name
+        kind = monitor.failing_kind()
+        if self._stop.is_set() or self.monitors.get(monitor.uuid) is not monitor:
+            return  # stopping, or the domain was restarted/released meanwhile
+        await self._refresh_state(monitor)  # never act on a stale "running"
+        suppressed = monitor.access.suppression_reason()
+        if suppressed:
+            self.events.record(name, "ActionSkipped",
+                               f"{kind.short} failed but the domain is {suppressed}: no action")
+            return
+        action = monitor.spec.on_liveness_failure
+        self.events.record(name, "LivenessFailed", f"{kind.short} failed: {result.message}; "
+                           f"action {action.value}", probe=kind.short, action=action.value)
+        if action is LivenessAction.NONE:
+            return
+        probe = monitor.spec.probes()[kind]
+        task = self.actions.start(monitor.access.dom, action,
+                                  monitor.spec.grace_period_for(probe), result.message)
+        if task is not None and action is LivenessAction.RESET:
+            # A reset is a new boot without stop/start events: probe it afresh.
+            await task
+            self._spawn(self.adopt(monitor.access.dom, "reset", new_run=True))
+
+    # ------------------------------------------------------------------ API queries
+    def find(self, key: str) -> DomainMonitor:
+        monitor = self.monitors.get(key)
+        if monitor is not None:
+            return monitor
+        for candidate in self.monitors.values():
+            if candidate.name == key:
+                return candidate
+        raise UnknownDomain(key)
+
+    def status(self) -> dict[str, Any]:
+        pending = self.actions.pending if self.actions else {}
+        domains = []
+        for monitor in sorted(self.monitors.values(), key=lambda m: m.name):
+            entry = monitor.to_dict()
+            if monitor.uuid in pending:
+                entry["action"] = pending[monitor.uuid].to_dict()
+            domains.append(entry)
+        return {"libvirtConnected": self.conn is not None, "domains": domains,
+                "actionsInFlight": {uuid: p.to_dict() for uuid, p in pending.items()}}
+
+    def domain_status(self, key: str) -> dict[str, Any]:
+        monitor = self.find(key)
+        entry = monitor.to_dict()
+        if self.actions is not None and monitor.uuid in self.actions.pending:
+            entry["action"] = self.actions.pending[monitor.uuid].to_dict()
+            entry["ready"] = False
+        return entry
+
+    async def run_probe_once(self, key: str, kind: ProbeKind) -> ProbeResult:
+        monitor = self.find(key)
+        probe = monitor.spec.probes().get(kind)
+        if probe is None:
+            raise UnknownDomain(f"{monitor.name} has no {kind.value}")
+        runner = self._probe_runner
+        if runner is None:
+            from vmhealth.monitor.probes import run_probe as runner
+        return await runner(probe, monitor.access)
+
+
+async def serve(config: DaemonConfig, **daemon_options: Any) -> None:
+    """Run the daemon and its API until SIGTERM/SIGINT."""
+    from vmhealth.monitor.api import ApiServer  # aiohttp: only the daemon needs it
+
+    daemon = Daemon(config, **daemon_options)
+    daemon.install_signal_handlers_early()
+    api = ApiServer(daemon, config.socket_path, socket_group=config.socket_group,
+                    tcp=config.tcp_address)
+    await api.start()
+    log.info("API listening", extra=log_fields(socket=config.socket_path,
+                                               tcp=config.tcp_listen or "off"))
+    try:
+        await daemon.start()
+        await daemon.run_until_stopped()
+    finally:
+        await api.stop()

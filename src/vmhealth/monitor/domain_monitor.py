@@ -1,0 +1,134 @@
+"""One monitored domain: its spec, its prober, and the state the daemon publishes.
+
+DomainMonitor is the ProbeListener the probe engine reports to. It keeps the last
+result and published state of every probe kind for `status`, feeds metrics and
+events, and hands a liveness failure to the daemon, which decides whether to act.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from vmhealth.monitor.events import EventLog
+from vmhealth.monitor.interfaces import ProbeResult, StateChange
+from vmhealth.monitor.libvirt_access import LibvirtGuestAccess
+from vmhealth.monitor.metrics import Metrics
+from vmhealth.spec import HealthSpec, ProbeKind
+
+EVENT_TYPES = {
+    ProbeKind.READINESS: ("Ready", "NotReady"),
+    ProbeKind.LIVENESS: ("Alive", "Unhealthy"),
+    ProbeKind.STARTUP: ("Started", "StartupFailed"),
+}
+
+
+@dataclass
+class ProbeStatus:
+    healthy: bool | None  # None = unknown
+    reason: str
+    since: float
+    last_result: ProbeResult | None = None
+    last_counted: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"healthy": self.healthy, "reason": self.reason,
+                               "since": self.since}
+        if self.last_result is not None:
+            result = self.last_result
+            out["lastResult"] = {"outcome": result.outcome.value, "message": result.message,
+                                 "duration": round(result.duration, 6),
+                                 "time": result.started_at, "counted": self.last_counted}
+        return out
+
+
+class DomainMonitor:
+    def __init__(self, uuid: str, run_id: int, spec: HealthSpec, access: LibvirtGuestAccess,
+                 *, events: EventLog, metrics: Metrics,
+                 on_liveness_failed: Callable[[DomainMonitor, ProbeResult], None]) -> None:
+        self.uuid = uuid
+        self.run_id = run_id  # libvirt's domain id: changes with every start
+        self.spec = spec
+        self.access = access
+        self.prober: Any = None
+        self.adopted_at = time.time()
+        self.probes: dict[ProbeKind, ProbeStatus] = {}
+        self._events = events
+        self._metrics = metrics
+        self._on_liveness_failed = on_liveness_failed
+
+    def attach(self, prober: Any) -> None:
+        """Take the prober's initial states (it publishes only changes after that)."""
+        self.prober = prober
+        now = time.time()
+        for kind, snapshot in prober.snapshot().items():
+            self.probes[kind] = ProbeStatus(snapshot.healthy, snapshot.reason, now,
+                                            snapshot.last_result)
+            self._metrics.set_healthy(self.name, kind, snapshot.healthy)
+
+    @property
+    def name(self) -> str:
+        return self.access.name
+
+    # --- ProbeListener -------------------------------------------------------------
+    def on_result(self, kind: ProbeKind, result: ProbeResult, *, counted: bool) -> None:
+        status = self.probes.get(kind)
+        if status is not None:
+            status.last_result = result
+            status.last_counted = counted
+        self._metrics.observe_result(self.name, kind, result, counted)
+
+    def on_state_change(self, change: StateChange) -> None:
+        status = self.probes.setdefault(change.kind, ProbeStatus(None, "", time.time()))
+        if change.result is not None:
+            status.last_result = change.result
+        if status.healthy == change.healthy and status.reason == change.reason:
+            return
+        status.healthy = change.healthy
+        status.reason = change.reason
+        status.since = time.time()
+        self._metrics.set_healthy(self.name, change.kind, change.healthy)
+        good, bad = EVENT_TYPES[change.kind]
+        if change.healthy is not None:
+            self._events.record(self.name, good if change.healthy else bad,
+                                f"{change.kind.short}: {change.reason}", probe=change.kind.short)
+
+    def on_liveness_failed(self, result: ProbeResult) -> None:
+        self._on_liveness_failed(self, result)
+
+    # --- published state -------------------------------------------------------------
+    def failing_kind(self) -> ProbeKind:
+        """The probe whose failure asks for action: startup until it has succeeded."""
+        startup = self.probes.get(ProbeKind.STARTUP)
+        if startup is not None and startup.healthy is not True:
+            return ProbeKind.STARTUP
+        return ProbeKind.LIVENESS
+
+    @property
+    def ready(self) -> bool:
+        startup = self.probes.get(ProbeKind.STARTUP)
+        if startup is not None and startup.healthy is not True:
+            return False
+        readiness = self.probes.get(ProbeKind.READINESS)
+        # Kubernetes: without a readiness probe a started container counts as ready.
+        return readiness is None or readiness.healthy is True
+
+    @property
+    def live(self) -> bool:
+        liveness = self.probes.get(ProbeKind.LIVENESS)
+        return liveness is None or liveness.healthy is not False
+
+    def to_dict(self) -> dict[str, Any]:
+        state = self.access.state
+        return {
+            "name": self.name,
+            "uuid": self.uuid,
+            "state": state.name if state is not None else "unknown",
+            "suppressed": self.access.suppression_reason(),
+            "ready": self.ready,
+            "live": self.live,
+            "adoptedAt": self.adopted_at,
+            "onLivenessFailure": self.spec.on_liveness_failure.value,
+            "probes": {kind.short: status.to_dict() for kind, status in self.probes.items()},
+        }
