@@ -1,0 +1,395 @@
+"""The per-domain state machine, on a fake clock with scripted probe results."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import random
+from dataclasses import dataclass, field
+
+import pytest
+
+from vmhealth import spec
+from vmhealth.monitor.interfaces import Outcome, ProbeResult, StateChange
+from vmhealth.monitor.prober import DomainProber
+from vmhealth.spec import ProbeKind
+
+S, F, E = Outcome.SUCCESS, Outcome.FAILURE, Outcome.ERROR
+PORTS = {ProbeKind.LIVENESS: 1, ProbeKind.READINESS: 2, ProbeKind.STARTUP: 3}
+
+
+async def settle() -> None:
+    for _ in range(20):
+        await asyncio.sleep(0)
+
+
+class FakeClock:
+    """Time moves only when the test says so; sleepers wake in deadline order."""
+
+    def __init__(self) -> None:
+        self.t = 0.0
+        self._sleepers: list = []
+        self._seq = 0
+
+    def now(self) -> float:
+        return self.t
+
+    async def sleep_until(self, deadline: float) -> None:
+        if deadline <= self.t:
+            await asyncio.sleep(0)
+            return
+        future = asyncio.get_running_loop().create_future()
+        heapq.heappush(self._sleepers, (deadline, self._seq, future))
+        self._seq += 1
+        await future
+
+    async def advance(self, seconds: float) -> None:
+        target = self.t + seconds
+        await settle()
+        while self._sleepers and self._sleepers[0][0] <= target:
+            deadline, _, future = heapq.heappop(self._sleepers)
+            self.t = deadline
+            if not future.done():
+                future.set_result(None)
+            await settle()
+        self.t = target
+        await settle()
+
+
+@dataclass
+class Script:
+    """Probe results by kind: each call takes the next outcome; the last one repeats."""
+
+    clock: FakeClock
+    outcomes: dict[ProbeKind, list[Outcome]]
+    calls: list[tuple[ProbeKind, float]] = field(default_factory=list)
+    takes: float = 0.0  # how long each probe runs, in fake seconds
+
+    async def __call__(self, probe: spec.Probe, access) -> ProbeResult:
+        kind = next(k for k, port in PORTS.items() if probe.handler.port == port)
+        self.calls.append((kind, self.clock.now()))
+        started = self.clock.now()
+        if self.takes:
+            await self.clock.sleep_until(started + self.takes)
+        queue = self.outcomes[kind]
+        outcome = queue.pop(0) if len(queue) > 1 else queue[0]
+        return ProbeResult(outcome, f"{kind.short} {outcome.value}", self.takes, started)
+
+    def times(self, kind: ProbeKind) -> list[float]:
+        return [t for k, t in self.calls if k is kind]
+
+
+@dataclass
+class Recorder:
+    results: list[tuple[ProbeKind, Outcome, bool]] = field(default_factory=list)
+    changes: list[StateChange] = field(default_factory=list)
+    liveness_failed: list[ProbeResult] = field(default_factory=list)
+
+    def on_result(self, kind, result, *, counted):
+        self.results.append((kind, result.outcome, counted))
+
+    def on_state_change(self, change):
+        self.changes.append(change)
+
+    def on_liveness_failed(self, result):
+        self.liveness_failed.append(result)
+
+    def flips(self, kind):
+        return [c.healthy for c in self.changes if c.kind is kind]
+
+
+@dataclass
+class Access:
+    name: str = "web1"
+    suppressed: str | None = None
+
+    async def addresses(self):
+        return ["192.0.2.1"]
+
+    async def agent_command(self, command, timeout):
+        raise AssertionError("not used: probes are scripted")
+
+    def suppression_reason(self):
+        return self.suppressed
+
+
+def probe(kind: ProbeKind, **timing) -> spec.Probe:
+    timing.setdefault("period_seconds", 1)
+    return spec.Probe(handler=spec.TcpSocket(port=PORTS[kind]), **timing)
+
+
+def health(**probes: spec.Probe) -> spec.HealthSpec:
+    return spec.HealthSpec(**{f"{name}_probe": p for name, p in probes.items()})
+
+
+class Harness:
+    def __init__(self, spec_: spec.HealthSpec, outcomes, *, rng=None, takes=0.0,
+                 lateness=None):
+        self.clock = FakeClock()
+        self.script = Script(self.clock, outcomes, takes=takes)
+        self.listener = Recorder()
+        self.access = Access()
+        self.prober = DomainProber(spec_, self.access, self.listener, clock=self.clock,
+                                   rng=rng, runner=self.script, lateness_observer=lateness)
+
+
+def scenario(test):
+    """Run an async test body in a fresh event loop."""
+    def wrapper(*args, **kwargs):
+        asyncio.run(test(*args, **kwargs))
+    wrapper.__name__ = test.__name__
+    return wrapper
+
+
+@scenario
+async def test_initial_states_before_any_probe():
+    h = Harness(health(liveness=probe(ProbeKind.LIVENESS), readiness=probe(
+        ProbeKind.READINESS), startup=probe(ProbeKind.STARTUP)), {})
+    snap = h.prober.snapshot()
+    assert snap[ProbeKind.READINESS].healthy is False
+    assert snap[ProbeKind.LIVENESS].healthy is True
+    assert snap[ProbeKind.STARTUP].healthy is None
+    assert snap[ProbeKind.READINESS].waiting_for_startup
+    assert not h.listener.changes
+
+
+@scenario
+async def test_probes_run_every_period_after_the_initial_delay():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS, initial_delay_seconds=5,
+                                       period_seconds=2)), {ProbeKind.READINESS: [S]})
+    h.prober.start()
+    await h.clock.advance(10.5)
+    assert h.script.times(ProbeKind.READINESS) == [5, 7, 9]
+    await h.prober.stop()
+
+
+@scenario
+async def test_adopted_domain_counts_its_age_against_the_initial_delay():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS, initial_delay_seconds=10)),
+                {ProbeKind.READINESS: [S]})
+    h.prober.start(run_age_seconds=4)
+    await h.clock.advance(6.5)
+    assert h.script.times(ProbeKind.READINESS) == [6]
+    await h.prober.stop()
+
+
+@scenario
+async def test_readiness_needs_success_threshold_in_a_row_and_publishes_once():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS, success_threshold=2)),
+                {ProbeKind.READINESS: [S, F, S, S, S, S]})
+    h.prober.start()
+    await h.clock.advance(2.5)  # S F S: no run of two yet
+    assert h.listener.flips(ProbeKind.READINESS) == []
+    await h.clock.advance(3)
+    assert h.listener.flips(ProbeKind.READINESS) == [True]  # published only on the change
+    snap = h.prober.snapshot()[ProbeKind.READINESS]
+    assert snap.healthy is True and snap.consecutive_successes == 4
+    await h.prober.stop()
+
+
+@scenario
+async def test_readiness_lost_after_failure_threshold():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS, failure_threshold=3)),
+                {ProbeKind.READINESS: [S, F, F, S, F, F, F]})
+    h.prober.start()
+    await h.clock.advance(5.5)
+    assert h.listener.flips(ProbeKind.READINESS) == [True]  # F F S broke the run
+    await h.clock.advance(1)
+    assert h.listener.flips(ProbeKind.READINESS) == [True, False]
+    assert "3 consecutive failures" in h.listener.changes[-1].reason
+    assert h.prober.snapshot()[ProbeKind.READINESS].consecutive_failures == 3
+    await h.prober.stop()
+
+
+@scenario
+async def test_liveness_failure_acts_once_then_holds_until_reset():
+    h = Harness(health(liveness=probe(ProbeKind.LIVENESS, failure_threshold=2)),
+                {ProbeKind.LIVENESS: [F]})
+    h.prober.start()
+    await h.clock.advance(10)
+    assert len(h.listener.liveness_failed) == 1
+    assert h.script.times(ProbeKind.LIVENESS) == [0, 1]  # held: no probe after the action
+    assert h.listener.flips(ProbeKind.LIVENESS) == [False]
+    assert h.prober.snapshot()[ProbeKind.LIVENESS].on_hold
+
+    h.script.outcomes[ProbeKind.LIVENESS] = [F, S]
+    h.prober.reset()  # the domain was restarted: a new run
+    await settle()
+    assert h.listener.flips(ProbeKind.LIVENESS) == [False, True]
+    snap = h.prober.snapshot()[ProbeKind.LIVENESS]
+    assert not snap.on_hold
+    await h.clock.advance(2.5)
+    assert len(h.listener.liveness_failed) == 1  # one F after reset: counters started over
+    assert h.script.times(ProbeKind.LIVENESS)[2:] == [10, 11, 12]
+    await h.prober.stop()
+
+
+@scenario
+async def test_startup_gates_the_others_and_stops_after_success():
+    h = Harness(health(startup=probe(ProbeKind.STARTUP, failure_threshold=5),
+                       liveness=probe(ProbeKind.LIVENESS),
+                       readiness=probe(ProbeKind.READINESS)),
+                {ProbeKind.STARTUP: [F, F, S], ProbeKind.LIVENESS: [S],
+                 ProbeKind.READINESS: [S]})
+    h.prober.start()
+    await h.clock.advance(1.5)
+    assert h.script.times(ProbeKind.LIVENESS) == []
+    assert h.script.times(ProbeKind.READINESS) == []
+    await h.clock.advance(3)
+    assert h.script.times(ProbeKind.STARTUP) == [0, 1, 2]  # stopped after its success
+    assert h.script.times(ProbeKind.LIVENESS)[0] >= 2
+    assert h.script.times(ProbeKind.READINESS)[0] >= 2
+    assert h.listener.flips(ProbeKind.STARTUP) == [True]
+    assert h.prober.snapshot()[ProbeKind.STARTUP].finished
+    await h.prober.stop()
+
+
+@scenario
+async def test_startup_failure_takes_the_liveness_action():
+    h = Harness(health(startup=probe(ProbeKind.STARTUP, failure_threshold=3),
+                       liveness=probe(ProbeKind.LIVENESS)),
+                {ProbeKind.STARTUP: [F], ProbeKind.LIVENESS: [S]})
+    h.prober.start()
+    await h.clock.advance(10)
+    assert len(h.listener.liveness_failed) == 1
+    assert h.script.times(ProbeKind.STARTUP) == [0, 1, 2]
+    assert h.script.times(ProbeKind.LIVENESS) == []
+    await h.prober.stop()
+
+
+@scenario
+async def test_failures_not_counted_while_suppressed():
+    h = Harness(health(liveness=probe(ProbeKind.LIVENESS, failure_threshold=2)),
+                {ProbeKind.LIVENESS: [F]})
+    h.access.suppressed = "paused by the user"
+    h.prober.start()
+    await h.clock.advance(5.5)
+    assert h.listener.liveness_failed == []
+    assert h.listener.results[0] == (ProbeKind.LIVENESS, F, False)
+    assert h.prober.snapshot()[ProbeKind.LIVENESS].consecutive_failures == 0
+    h.access.suppressed = None
+    await h.clock.advance(2)
+    assert len(h.listener.liveness_failed) == 1
+    await h.prober.stop()
+
+
+@scenario
+async def test_errors_retried_three_times_and_never_counted():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS, failure_threshold=1)),
+                {ProbeKind.READINESS: [E]})
+    h.prober.start()
+    await h.clock.advance(1.5)
+    assert h.script.times(ProbeKind.READINESS) == [0, 0, 0, 1, 1, 1]
+    assert all(not counted for _, _, counted in h.listener.results)
+    assert h.listener.changes == []
+    assert h.prober.snapshot()[ProbeKind.READINESS].last_result.outcome is E
+    await h.prober.stop()
+
+
+@scenario
+async def test_error_then_success_in_the_same_period_counts_the_success():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [E, S]})
+    h.prober.start()
+    await h.clock.advance(0.5)
+    assert h.script.times(ProbeKind.READINESS) == [0, 0]
+    assert h.listener.flips(ProbeKind.READINESS) == [True]
+    await h.prober.stop()
+
+
+@pytest.mark.parametrize("draw", [0.0, 0.25, 0.999])
+def test_first_probe_jitter_within_one_period(draw):
+    class FixedRng(random.Random):
+        def random(self):
+            return draw
+
+    @scenario
+    async def body():
+        h = Harness(health(readiness=probe(ProbeKind.READINESS, period_seconds=4)),
+                    {ProbeKind.READINESS: [S]}, rng=FixedRng())
+        h.prober.start(jitter_first_probe=True)
+        await h.clock.advance(9)
+        times = h.script.times(ProbeKind.READINESS)
+        assert times[0] == pytest.approx(draw * 4)
+        assert 0 <= times[0] < 4
+        assert times[1] == pytest.approx(times[0] + 4)
+        await h.prober.stop()
+    body()
+
+
+@scenario
+async def test_seeded_jitter_spreads_first_probes_over_the_period():
+    firsts = []
+    for seed in range(20):
+        h = Harness(health(readiness=probe(ProbeKind.READINESS, period_seconds=10)),
+                    {ProbeKind.READINESS: [S]}, rng=random.Random(seed))
+        h.prober.start(jitter_first_probe=True)
+        await h.clock.advance(10)
+        firsts.append(h.script.times(ProbeKind.READINESS)[0])
+        await h.prober.stop()
+    assert all(0 <= t < 10 for t in firsts)
+    assert len(set(firsts)) > 10
+
+
+@scenario
+async def test_a_probe_longer_than_its_period_skips_the_missed_ticks():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [S]},
+                takes=2.5)
+    h.prober.start()
+    await h.clock.advance(7)
+    assert h.script.times(ProbeKind.READINESS) == [0, 3, 6]
+    await h.prober.stop()
+
+
+@scenario
+async def test_lateness_observer_sees_each_probe_start():
+    seen = []
+    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [S]},
+                lateness=lambda kind, late: seen.append((kind, late)))
+    h.prober.start()
+    await h.clock.advance(2.5)
+    assert seen == [(ProbeKind.READINESS, 0.0)] * 3
+    await h.prober.stop()
+
+
+@scenario
+async def test_probe_once_runs_without_touching_state():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [F]})
+    result = await h.prober.probe_once(ProbeKind.READINESS)
+    assert result.outcome is F
+    assert h.listener.results == [] and h.listener.changes == []
+    with pytest.raises(LookupError, match="has no livenessProbe"):
+        await h.prober.probe_once(ProbeKind.LIVENESS)
+
+
+@scenario
+async def test_stop_ends_probing_and_start_twice_is_refused():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [S]})
+    h.prober.start()
+    with pytest.raises(RuntimeError):
+        h.prober.start()
+    await h.clock.advance(1.5)
+    await h.prober.stop()
+    assert not h.prober.running
+    await h.clock.advance(5)
+    assert h.script.times(ProbeKind.READINESS) == [0, 1]
+
+
+@scenario
+async def test_a_crashing_runner_is_logged_and_probing_goes_on():
+    calls = []
+
+    async def flaky(probe_, access):
+        calls.append(1)
+        if len(calls) == 1:
+            raise RuntimeError("bug")
+        return ProbeResult(S, "ok", 0.0, 0.0)
+
+    clock = FakeClock()
+    listener = Recorder()
+    prober = DomainProber(health(readiness=probe(ProbeKind.READINESS)), Access(), listener,
+                          clock=clock, runner=flaky)
+    prober.start()
+    await clock.advance(1.5)
+    assert len(calls) == 2
+    assert listener.flips(ProbeKind.READINESS) == [True]
+    await prober.stop()

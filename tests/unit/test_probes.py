@@ -1,0 +1,424 @@
+"""Probe handlers against servers on loopback and a fake guest agent."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import datetime
+import ipaddress
+import socket
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from vmhealth import spec
+from vmhealth.monitor.interfaces import AgentError, AgentUnavailable, Outcome
+from vmhealth.monitor.probes import run_probe
+from vmhealth.monitor.probes.http import USER_AGENT
+
+TIMEOUT = 0.5  # seconds; the model allows floats, parse_probe would insist on >= 1
+
+
+@dataclass
+class FakeAccess:
+    """GuestAccess without libvirt: fixed addresses and a scripted agent."""
+
+    addrs: list[str] = field(default_factory=lambda: ["127.0.0.1"])
+    agent: Any = None  # callable(command) -> return value, or raises
+    commands: list[dict] = field(default_factory=list)
+    name: str = "web1"
+
+    async def addresses(self) -> list[str]:
+        return list(self.addrs)
+
+    async def agent_command(self, command: dict, timeout: float) -> Any:
+        self.commands.append(command)
+        return self.agent(command)
+
+    def suppression_reason(self) -> str | None:
+        return None
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def probe_of(handler, timeout: float = TIMEOUT) -> spec.Probe:
+    return spec.Probe(handler=handler, timeout_seconds=timeout)  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------
+# A tiny HTTP server on loopback: routes map a path to what to answer.
+# ---------------------------------------------------------------------------
+
+@dataclass
+class Route:
+    status: int = 200
+    body: bytes = b"ok"
+    headers: tuple[tuple[str, str], ...] = ()
+    content_length: int | None = None  # announce more than is sent to keep it open
+    hang: bool = False  # never answer
+
+
+@dataclass
+class HttpServer:
+    routes: dict[str, Route]
+    requests: list[tuple[str, dict[str, str]]] = field(default_factory=list)
+    port: int = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+            lines = head.decode().split("\r\n")
+            target = lines[0].split(" ")[1]
+            headers = dict(line.split(": ", 1) for line in lines[1:] if line)
+            self.requests.append((target, headers))
+            route = self.routes.get(target.split("?")[0], Route(status=404, body=b"nope"))
+            if route.hang:
+                await asyncio.sleep(30)
+                return
+            length = route.content_length if route.content_length is not None else len(
+                route.body)
+            extra = "".join(f"{k}: {v}\r\n" for k, v in route.headers)
+            writer.write(f"HTTP/1.1 {route.status} X\r\nContent-Length: {length}\r\n{extra}"
+                         f"\r\n".encode() + route.body)
+            await writer.drain()
+            if route.content_length is not None:
+                await asyncio.sleep(30)  # keep the connection open, the rest never comes
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+
+async def start_http(routes: dict[str, Route], host: str = "127.0.0.1",
+                     tls: ssl.SSLContext | None = None) -> tuple[HttpServer, asyncio.Server]:
+    state = HttpServer(routes)
+    server = await asyncio.start_server(state.handle, host, 0, ssl=tls)
+    state.port = server.sockets[0].getsockname()[1]
+    return state, server
+
+
+async def http_probe(routes, handler_kwargs=None, *, host="127.0.0.1", addrs=None,
+                     tls=None, timeout=TIMEOUT):
+    state, server = await start_http(routes, host, tls)
+    try:
+        handler = spec.HttpGet(port=state.port, **(handler_kwargs or {}))
+        access = FakeAccess(addrs=addrs if addrs is not None else [host])
+        result = await run_probe(probe_of(handler, timeout), access)
+    finally:
+        server.close()
+    return result, state
+
+
+def test_http_200_is_success():
+    result, state = run(http_probe({"/": Route()}))
+    assert result.outcome is Outcome.SUCCESS
+    assert "HTTP 200" in result.message
+    assert state.requests[0][0] == "/"
+
+
+def test_http_500_is_failure_with_body_excerpt():
+    result, _ = run(http_probe({"/healthz": Route(500, b"database down")},
+                               {"path": "/healthz"}))
+    assert result.outcome is Outcome.FAILURE
+    assert "HTTP 500" in result.message and "database down" in result.message
+
+
+def test_http_399_success_and_400_failure_bounds():
+    ok, _ = run(http_probe({"/": Route(399)}))
+    bad, _ = run(http_probe({"/": Route(400)}))
+    assert ok.outcome is Outcome.SUCCESS
+    assert bad.outcome is Outcome.FAILURE
+
+
+def test_http_default_and_given_headers():
+    headers = (("X-Token", "s3cret-value"), ("Host", "app.example"))
+    result, state = run(http_probe({"/": Route(503)}, {"http_headers": headers}))
+    sent = state.requests[0][1]
+    assert sent["X-Token"] == "s3cret-value"
+    assert sent["Host"] == "app.example"  # a Host header overrides the request host
+    assert sent["User-Agent"] == USER_AGENT
+    assert sent["Accept"] == "*/*"
+    assert "s3cret-value" not in result.message  # header values are never reported
+
+
+def test_http_user_agent_and_accept_not_added_when_given():
+    headers = (("user-agent", "lb/1"), ("ACCEPT", "text/plain"))
+    _, state = run(http_probe({"/": Route()}, {"http_headers": headers}))
+    sent = state.requests[0][1]
+    assert sent["user-agent"] == "lb/1" and "User-Agent" not in sent
+    assert sent["ACCEPT"] == "text/plain" and "Accept" not in sent
+
+
+def test_http_redirect_to_same_host_is_followed():
+    routes = {"/": Route(302, b"", (("Location", "/ready?x=1"),)), "/ready": Route(500)}
+    result, state = run(http_probe(routes))
+    assert [target for target, _ in state.requests] == ["/", "/ready?x=1"]
+    assert result.outcome is Outcome.FAILURE  # the followed target's status decides
+
+
+def test_http_redirect_to_other_host_is_success_with_warning():
+    routes = {"/": Route(301, b"", (("Location", "http://elsewhere.example/"),))}
+    result, state = run(http_probe(routes))
+    assert result.outcome is Outcome.SUCCESS
+    assert "warning" in result.message and "elsewhere.example" in result.message
+    assert len(state.requests) == 1
+
+
+def test_http_redirect_loop_stops_after_ten():
+    result, state = run(http_probe({"/": Route(302, b"", (("Location", "/"),))}))
+    assert result.outcome is Outcome.FAILURE
+    assert "stopped after 10 redirects" in result.message
+    assert len(state.requests) == 11
+
+
+def test_http_timeout_is_failure():
+    result, _ = run(http_probe({"/": Route(hang=True)}, timeout=0.2))
+    assert result.outcome is Outcome.FAILURE
+    assert "timed out" in result.message
+
+
+def test_http_body_read_stops_at_10_kib():
+    # The server announces 1 MiB, sends 20 KiB and keeps the connection open: only a
+    # reader that stops at 10 KiB answers before the timeout.
+    route = Route(200, b"x" * 20 * 1024, content_length=1024 * 1024)
+    result, _ = run(http_probe({"/": route}, timeout=2))
+    assert result.outcome is Outcome.SUCCESS, result.message
+
+
+def test_http_refused_is_failure():
+    port = free_port()
+    result = run(run_probe(probe_of(spec.HttpGet(port=port)), FakeAccess()))
+    assert result.outcome is Outcome.FAILURE
+    assert "connection refused" in result.message
+
+
+def test_http_no_address_is_error():
+    result = run(run_probe(probe_of(spec.HttpGet(port=80)), FakeAccess(addrs=[])))
+    assert result.outcome is Outcome.ERROR
+    assert "no IP address" in result.message
+
+
+needs_ipv6 = pytest.mark.skipif(not socket.has_ipv6, reason="no IPv6 on this host")
+
+
+@needs_ipv6
+def test_http_ipv6_address_bracketed():
+    result, state = run(http_probe({"/": Route()}, host="::1"))
+    assert result.outcome is Outcome.SUCCESS
+    assert f"[::1]:{state.port}" in result.message
+    assert state.requests[0][1]["Host"] == f"[::1]:{state.port}"
+
+
+@needs_ipv6
+def test_http_tries_addresses_in_order():
+    # Nothing listens on ::1 at that port: the probe moves on to 127.0.0.1.
+    result, _ = run(http_probe({"/": Route()}, addrs=["::1", "127.0.0.1"]))
+    assert result.outcome is Outcome.SUCCESS
+    assert "127.0.0.1" in result.message
+
+
+def test_http_spec_host_wins_over_guest_addresses():
+    result, _ = run(http_probe({"/": Route()}, {"host": "127.0.0.1"}, addrs=["192.0.2.1"]))
+    assert result.outcome is Outcome.SUCCESS
+
+
+def self_signed_context(tmp_path: Path) -> ssl.SSLContext:
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "guest.invalid")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("10.9.9.9"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert_path, key_path)
+    return context
+
+
+def test_https_self_signed_certificate_is_accepted(tmp_path):
+    tls = self_signed_context(tmp_path)
+    result, state = run(http_probe({"/": Route()}, {"scheme": spec.Scheme.HTTPS}, tls=tls))
+    assert result.outcome is Outcome.SUCCESS, result.message
+    assert result.message.startswith("HTTP 200 from GET https://")
+    assert state.requests
+
+
+def test_https_to_plain_http_server_is_failure():
+    result, _ = run(http_probe({"/": Route()}, {"scheme": spec.Scheme.HTTPS}))
+    assert result.outcome is Outcome.FAILURE
+
+
+def test_http_garbage_answer_is_failure():
+    async def scenario():
+        async def garbage(reader, writer):
+            writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
+            await writer.drain()
+            writer.close()
+        server = await asyncio.start_server(garbage, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await run_probe(probe_of(spec.HttpGet(port=port)), FakeAccess())
+        finally:
+            server.close()
+    result = run(scenario())
+    assert result.outcome is Outcome.FAILURE
+    assert "invalid HTTP response" in result.message
+
+
+# ---------------------------------------------------------------------------
+# tcpSocket
+# ---------------------------------------------------------------------------
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_tcp_open_port_is_success():
+    async def scenario():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            return await run_probe(probe_of(spec.TcpSocket(port=port)), FakeAccess())
+        finally:
+            server.close()
+    result = run(scenario())
+    assert result.outcome is Outcome.SUCCESS
+    assert "connected to 127.0.0.1" in result.message
+
+
+def test_tcp_refused_is_failure():
+    result = run(run_probe(probe_of(spec.TcpSocket(port=free_port())), FakeAccess()))
+    assert result.outcome is Outcome.FAILURE
+    assert "connection refused" in result.message
+
+
+def test_tcp_no_address_is_error():
+    result = run(run_probe(probe_of(spec.TcpSocket(port=22)), FakeAccess(addrs=[])))
+    assert result.outcome is Outcome.ERROR
+
+
+def test_tcp_address_discovery_failure_is_error():
+    class Broken(FakeAccess):
+        async def addresses(self):
+            raise AgentUnavailable("agent not connected")
+    result = run(run_probe(probe_of(spec.TcpSocket(port=22)), Broken()))
+    assert result.outcome is Outcome.ERROR
+
+
+# ---------------------------------------------------------------------------
+# guestAgentPing
+# ---------------------------------------------------------------------------
+
+def test_ping_answered_is_success():
+    access = FakeAccess(agent=lambda command: {})
+    result = run(run_probe(probe_of(spec.GuestAgentPing()), access))
+    assert result.outcome is Outcome.SUCCESS
+    assert access.commands == [{"execute": "guest-ping"}]
+
+
+def test_ping_agent_unavailable_is_failure():
+    def gone(command):
+        raise AgentUnavailable("guest agent is not connected")
+    result = run(run_probe(probe_of(spec.GuestAgentPing()), FakeAccess(agent=gone)))
+    assert result.outcome is Outcome.FAILURE
+    assert "not connected" in result.message
+
+
+# ---------------------------------------------------------------------------
+# exec through guest-exec / guest-exec-status
+# ---------------------------------------------------------------------------
+
+class FakeGuestExec:
+    """guest-exec that exits after `polls` status calls with `exitcode` and `output`."""
+
+    def __init__(self, exitcode=0, output=b"", polls=1, refuse: AgentError | None = None):
+        self.exitcode, self.output, self.polls, self.refuse = exitcode, output, polls, refuse
+
+    def __call__(self, command):
+        if command["execute"] == "guest-exec":
+            if self.refuse:
+                raise self.refuse
+            return {"pid": 4242}
+        assert command == {"execute": "guest-exec-status", "arguments": {"pid": 4242}}
+        self.polls -= 1
+        if self.polls > 0:
+            return {"exited": False}
+        return {"exited": True, "exitcode": self.exitcode,
+                "out-data": base64.b64encode(self.output).decode()}
+
+
+def exec_probe(agent, command=("cat", "/tmp/healthy.txt"), timeout=TIMEOUT):
+    access = FakeAccess(agent=agent)
+    result = run(run_probe(probe_of(spec.Exec(command=command), timeout), access))
+    return result, access
+
+
+def test_exec_exit_0_is_success_and_command_is_structured():
+    result, access = exec_probe(FakeGuestExec(0, b"healthy\n", polls=2),
+                                command=("sh", "-c", 'echo "a\\"b"'))
+    assert result.outcome is Outcome.SUCCESS
+    assert "healthy" in result.message
+    assert access.commands[0] == {"execute": "guest-exec", "arguments": {
+        "path": "sh", "arg": ["-c", 'echo "a\\"b"'], "capture-output": True}}
+
+
+def test_exec_exit_1_is_failure():
+    result, _ = exec_probe(FakeGuestExec(1, b"no such file"))
+    assert result.outcome is Outcome.FAILURE
+    assert "exited 1" in result.message and "no such file" in result.message
+
+
+def test_exec_output_capped_at_10_kib():
+    result, _ = exec_probe(FakeGuestExec(0, b"y" * 50_000))
+    assert 10 * 1024 <= len(result.message) < 10 * 1024 + 200
+
+
+def test_exec_timeout_is_failure_and_says_the_process_keeps_running():
+    result, access = exec_probe(FakeGuestExec(polls=10**9), timeout=0.3)
+    assert result.outcome is Outcome.FAILURE
+    assert "did not exit within" in result.message and "keeps running" in result.message
+    assert len(access.commands) > 2  # it polled in between
+
+
+@pytest.mark.parametrize("error", [
+    AgentError("refused", blocked=True),
+    AgentError("The command guest-exec has been disabled for this agent"),
+    AgentError("x", error_class="CommandDisabled"),
+])
+def test_exec_blocked_names_the_fix(error):
+    result, _ = exec_probe(FakeGuestExec(refuse=error))
+    assert result.outcome is Outcome.FAILURE
+    assert "RPC filter" in result.message and "vmhealth guest setup" in result.message
+
+
+def test_exec_other_agent_error_is_failure_without_the_fix():
+    result, _ = exec_probe(FakeGuestExec(refuse=AgentError("Failed to execute child process")))
+    assert result.outcome is Outcome.FAILURE
+    assert "Failed to execute" in result.message and "RPC filter" not in result.message
+
+
+def test_exec_agent_unavailable_is_error():
+    def gone(command):
+        raise AgentUnavailable("guest agent is not connected")
+    result, _ = exec_probe(gone)
+    assert result.outcome is Outcome.ERROR
