@@ -1,0 +1,144 @@
+"""Fixtures for the end-to-end tests: one private libvirtd for the whole run, one cached
+guest image, and a factory for TCG guests.
+
+Run these tests through tests/e2e/run (see docs/e2e.md): it puts pytest into the
+sandbox's namespaces.  Outside them, or without QEMU, the tests skip with the reason;
+in CI (CI set) they fail instead, so a broken setup cannot pass as green.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.harness import events, guest_image, namespace, paths
+from tests.e2e.harness.guests import Guest, GuestFactory
+from tests.e2e.harness.sandbox import Sandbox
+
+CONSOLE_TAIL = 80
+KEEP_LOG_RUNS = 5
+
+
+def _unavailable() -> str | None:
+    if not namespace.inside():
+        return "e2e tests run inside the libvirt sandbox: use tests/e2e/run [pytest args]"
+    if os.geteuid() != 0:
+        return "e2e tests need root"
+    for tool in ("qemu-system-x86_64", "libvirtd", "virtlogd", "virsh", "ip", "cpio"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing: run scripts/install-deps"
+    return None
+
+
+def _refuse(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"e2e tests cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every test under tests/e2e is an e2e test, whether or not it says so.
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.e2e)
+
+
+def _new_log_dir() -> Path:
+    paths.LOGS.mkdir(parents=True, exist_ok=True)
+    runs = sorted(p for p in paths.LOGS.iterdir() if p.is_dir() and not p.is_symlink())
+    for old in runs[:-KEEP_LOG_RUNS]:
+        shutil.rmtree(old, ignore_errors=True)
+    log_dir = paths.LOGS / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    log_dir.mkdir()
+    latest = paths.LOGS / "latest"
+    latest.unlink(missing_ok=True)
+    latest.symlink_to(log_dir.name)
+    return log_dir
+
+
+@pytest.fixture(scope="session")
+def sandbox():
+    reason = _unavailable()
+    if reason:
+        _refuse(reason)
+    box = Sandbox(_new_log_dir())
+    start = time.monotonic()
+    try:
+        box.start()
+    except BaseException:
+        box.stop()
+        raise
+    print(f"\ne2e: sandbox up in {time.monotonic() - start:.1f}s, logs in {box.log_dir}")
+    yield box
+    box.stop()
+
+
+@pytest.fixture(scope="session")
+def guest_image_files(sandbox):
+    return guest_image.build()
+
+
+@pytest.fixture(scope="session")
+def conn(sandbox):
+    connection = events.connect(sandbox.uri)
+    yield connection
+    try:
+        connection.close()
+    except Exception:  # noqa: BLE001 - libvirtd may already be gone at teardown
+        pass
+
+
+@pytest.fixture(scope="session")
+def recorder(conn):
+    """Watchdog and lifecycle events of every domain, from the session's start."""
+    rec = events.EventRecorder(conn)
+    yield rec
+    rec.close()
+
+
+@pytest.fixture(scope="session")
+def guest_factory(sandbox, conn, guest_image_files):
+    factory = GuestFactory(sandbox, conn, guest_image_files)
+    yield factory
+    factory.cleanup()
+
+
+@pytest.fixture(autouse=True)
+def _note_guests_created(request):
+    """Remember how many guests existed when the test started, so a failure report
+    can also show the consoles of guests the test created itself."""
+    if "guest_factory" in request.fixturenames:
+        factory = request.getfixturevalue("guest_factory")
+        request.node.vmh_factory = factory
+        request.node.vmh_first_guest = len(factory.guests)
+
+
+def _guests_of(item: pytest.Item) -> list[Guest]:
+    found: list[Guest] = []
+    factory = getattr(item, "vmh_factory", None)
+    if factory is not None:
+        found.extend(factory.guests[item.vmh_first_guest:])
+    for value in getattr(item, "funcargs", {}).values():
+        candidates = value.values() if isinstance(value, dict) else (
+            value if isinstance(value, (list, tuple)) else [value])
+        found.extend(v for v in candidates if isinstance(v, Guest) and v not in found)
+    return found
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.when != "call" or not report.failed:
+        return
+    # A failing test shows what its guests printed: boot errors, init messages.
+    for guest in _guests_of(item):
+        report.sections.append(
+            (f"console of {guest.name} (last {CONSOLE_TAIL} lines, {guest.console_log})",
+             guest.console(tail=CONSOLE_TAIL)))
