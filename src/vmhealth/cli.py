@@ -247,3 +247,6 @@ main.add_command(status_command)
 main.add_command(wait_command)
 main.add_command(events_command)
 main.add_command(probe_command)
+from vmhealth.cli_hook import hook  # noqa: E402, I001 - needs main defined
+
+main.add_command(hook)
