@@ -21,8 +21,8 @@ def test_block_list_loses_exactly_the_exec_rpcs(name, variable):
     assert changes == [f"/etc/sysconfig/qemu-ga {variable}: removed guest-exec, "
                        "guest-exec-status from the block list"]
     # Everything else (comments, the fsfreeze hook) is untouched.
-    assert [l for l in new.splitlines() if not l.startswith(variable)] == \
-        [l for l in STOCK[name].splitlines() if not l.startswith(variable)]
+    assert [line for line in new.splitlines() if not line.startswith(variable)] == \
+        [line for line in STOCK[name].splitlines() if not line.startswith(variable)]
 
 
 def test_rhel94_allow_list_gains_the_exec_rpcs_and_keeps_its_quotes():
