@@ -55,10 +55,16 @@ def run_hook(spool_dir: Path, op: str, xml: str | bytes, domain: str = "web1",
     else:
         stdin, stdout = io.StringIO(xml), io.StringIO()
     stderr = io.StringIO()
+    # libvirt's persistent definitions: a directory of this test's own, never /etc.
+    kwargs.setdefault("config_dir", str(config_dir_of(spool_dir)))
     code = hook_main.main(["vmhealth", domain, op, sub, "-"], stdin, stdout, stderr,
                           spool_dir=str(spool_dir), **kwargs)
     out = stdout.getvalue()
     return Result(code, out.decode() if isinstance(out, bytes) else out, stderr.getvalue())
+
+
+def config_dir_of(spool_dir: Path) -> Path:
+    return spool_dir.parents[2] / "etc" / "libvirt" / "qemu"
 
 
 def files_under(root: Path) -> set[str]:
@@ -247,6 +253,43 @@ def test_filter_leaves_an_invalid_spec_to_prepare(spool_dir):
     result = run_hook(spool_dir, "restore", broken)
     assert (result.code, result.stdout) == (0, "")
     assert "watchdog left as it is, the health spec is invalid" in result.stderr
+
+
+def define_persistently(spool_dir: Path, xml: str, name: str = "web1.xml") -> Path:
+    config_dir = config_dir_of(spool_dir)
+    config_dir.mkdir(parents=True, exist_ok=True)
+    path = config_dir / name
+    # libvirt's own files start with this comment.
+    path.write_text("<!--\nWARNING: THIS IS AN AUTO-GENERATED FILE.\n-->\n" + xml)
+    return path
+
+
+def test_restore_follows_the_persistent_spec_changed_after_the_save(spool_dir):
+    # Saved while spec and device said poweroff; then `vmhealth apply` made it reset.
+    image = (DATA / "restore-unchanged-in.xml").read_text().replace(
+        'action="reset"', 'action="poweroff"')
+    define_persistently(spool_dir, PLAIN, "other.xml")
+    define_persistently(spool_dir, WITH_SPEC)
+    result = run_hook(spool_dir, "restore", image)
+    assert result.stdout == image.replace('<watchdog model="i6300esb" action="poweroff">',
+                                          '<watchdog model="i6300esb" action="reset">')
+
+
+def test_restore_without_a_spec_in_the_persistent_definition_changes_nothing(spool_dir):
+    define_persistently(spool_dir, PLAIN.replace(PLAIN_UUID, UUID))
+    source = (DATA / "restore-action-changed-in.xml").read_text()
+    result = run_hook(spool_dir, "restore", source)
+    assert (result.code, result.stdout) == (0, "")
+
+
+def test_restore_ignores_unusable_persistent_files(spool_dir):
+    config = define_persistently(spool_dir, f"not xml <uuid>{UUID}</uuid>", "broken.xml")
+    # A symlink to a spec-less definition: followed, it would mean "no change".
+    outside = config.parent.parent / "outside.xml"
+    outside.write_text(PLAIN.replace(PLAIN_UUID, UUID))
+    (config.parent / "link.xml").symlink_to(outside)
+    source = (DATA / "restore-action-changed-in.xml").read_text()
+    assert 'action="reset"' in run_hook(spool_dir, "restore", source).stdout
 
 
 def test_filter_with_binary_streams(spool_dir):

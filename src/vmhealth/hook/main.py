@@ -49,13 +49,14 @@ class Invocation:
     """One run of the hook: its input and the streams to answer on."""
 
     def __init__(self, domain: str, operation: str, data: bytes, stdout, stderr,
-                 spool_dir: str) -> None:
+                 spool_dir: str, config_dir: str) -> None:
         self.domain = domain
         self.operation = operation
         self.data = data
         self.stdout = stdout
         self.stderr = stderr
         self.spool_dir = spool_dir
+        self.config_dir = config_dir  # libvirt's persistent definitions
 
     @property
     def has_namespace(self) -> bool:
@@ -136,11 +137,15 @@ def align_watchdog(run: Invocation) -> int:
     facts = scan(run.data)
     if not facts.has_health:
         return EXIT_OK
-    from vmhealth.hook import validate
+    from vmhealth.hook import persistent, validate
     from vmhealth.hook.watchdog import align
 
+    uuid = canonical_uuid(facts)
+    # The operator's current intent: the persistent definition's spec (changed by
+    # `vmhealth apply` after a save, say); the incoming XML's when there is none.
+    source = persistent.definition(uuid, run.config_dir) or run.data
     try:
-        spec = validate.full_check(run.data)
+        spec = validate.full_check(source)
     except validate.InvalidSpec as exc:
         run.say(f"{run.operation}: watchdog left as it is, the health spec is invalid: {exc}")
         return EXIT_OK
@@ -150,7 +155,6 @@ def align_watchdog(run: Invocation) -> int:
     result = align(run.data, facts, wanted.model.value, wanted.action.value)
     for change in result.changes:
         run.say(f"{run.operation}: {change}")
-    uuid = canonical_uuid(facts)
     if result.missing_model is not None:
         _record_pending_watchdog(run, uuid, wanted.model.value, wanted.action.value)
     else:
@@ -196,10 +200,13 @@ OPERATIONS = {
 # ---------------------------------------------------------------------------
 
 def main(argv: list[str], stdin, stdout, stderr, *, spool_dir: str | None = None,
+         config_dir: str = "/etc/libvirt/qemu",
          time_limit: float = TIME_LIMIT_SECONDS) -> int:
     """Run the hook. Streams may be text (io.StringIO in tests) or binary (libvirt).
 
-    `spool_dir` overrides the spool directory (tests); otherwise spool.spool_dir().
+    `spool_dir` overrides the spool directory and `config_dir` libvirt's directory of
+    persistent definitions (both for tests); otherwise spool.spool_dir() and
+    /etc/libvirt/qemu.
     """
     if len(argv) < 3:
         stderr.write("usage: vmhealth-hook DOMAIN OPERATION SUB-OPERATION EXTRA "
@@ -211,7 +218,7 @@ def main(argv: list[str], stdin, stdout, stderr, *, spool_dir: str | None = None
     disarm = _arm_timer(time_limit)
     try:
         run = Invocation(argv[1], argv[2], _read(stdin), stdout, stderr,
-                         spool.spool_dir(spool_dir))
+                         spool.spool_dir(spool_dir), config_dir)
         return operation(run)
     except HookTimeout:
         stderr.write(f"vmhealth: {argv[2]}: gave up after {time_limit:g} s; "
