@@ -1,0 +1,236 @@
+"""The monitor daemon against the real sandbox: libvirtd, TCG QEMU guests, qemu-ga.
+
+Mirrors KubeVirt's functional probe tests (probe-semantics.md). The daemon runs as a
+subprocess of the test with its own config, socket and spool in a temporary directory;
+all guests boot together in one module fixture, then each test waits for what it needs.
+Probe periods are 1 s so the suite stays fast.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+
+from tests.e2e.harness.waiting import wait_until
+from vmhealth.domainxml import NAMESPACE, PREFIX, apply_spec, health_element
+from vmhealth.monitor.client import ApiClient, ApiError
+from vmhealth.spec import parse_spec
+
+pytestmark = pytest.mark.e2e
+
+HTTP_PORT = 1500
+TCP_PORT = 1501
+BOOT_TIMEOUT = 150  # several TCG guests boot at once on 2 shared cores
+FAST = {"periodSeconds": 1, "timeoutSeconds": 1}
+
+WEB_SPEC = {  # TCP readiness, HTTP liveness that restarts at once (grace 0)
+    "readinessProbe": {"tcpSocket": {"port": TCP_PORT}, **FAST},
+    "livenessProbe": {"httpGet": {"port": HTTP_PORT, "path": "/"}, **FAST,
+                      "failureThreshold": 2},
+    "terminationGracePeriodSeconds": 0,
+}
+AGENT_SPEC = {"readinessProbe": {"exec": {"command": ["cat", "/tmp/healthy.txt"]}, **FAST}}
+PAUSED_SPEC = {  # ping liveness: a user pause must not restart it
+    "livenessProbe": {"guestAgentPing": {}, **FAST, "failureThreshold": 2},
+    "terminationGracePeriodSeconds": 0,
+}
+
+
+def _cli() -> list[str]:
+    script = Path(sys.executable).with_name("vmhealth")
+    return [str(script)] if script.exists() else [sys.executable, "-m", "vmhealth.cli"]
+
+
+class DaemonProcess:
+    def __init__(self, workdir: Path, uri: str) -> None:
+        self.workdir = workdir
+        self.socket = str(workdir / "api.sock")
+        self.config = workdir / "vmhealth.conf"
+        self.config.write_text(
+            f"[daemon]\nlibvirt_uri = {uri}\nspool_dir = {workdir / 'spool'}\n"
+            "state_refresh_seconds = 0.5\n[api]\n"
+            f"socket_path = {self.socket}\n")
+        self.log = workdir / "daemon.log"
+        self.process: subprocess.Popen | None = None
+        self.client = ApiClient(self.socket, timeout=10)
+
+    def start(self) -> None:
+        with open(self.log, "ab") as log:
+            self.process = subprocess.Popen(  # noqa: S603
+                [*_cli(), "daemon", "--config", str(self.config)],
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+        wait_until(lambda: self.client.status()["libvirtConnected"], timeout=30,
+                   what="the daemon to answer on its socket")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        return self.process.wait(timeout=60)
+
+    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        return subprocess.run([*_cli(), *args], capture_output=True, text=True,
+                              timeout=timeout, check=False,
+                              env={**os.environ, "VMHEALTH_SOCKET": self.socket})
+
+    def status(self, domain: str) -> dict:
+        return self.client.status(domain)
+
+
+def _with_spec(guest, spec: dict) -> None:
+    """Store the spec in the persistent definition (as `vmhealth apply` does)."""
+    xml = guest.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+    guest.dom.connect().defineXML(apply_spec(xml, parse_spec(spec)).xml)
+
+
+def _set_live_spec(guest, spec: dict) -> None:
+    """Change the running domain's spec (as `vmhealth apply` does for a running one)."""
+    xml = apply_spec(guest.dom.XMLDesc(0), parse_spec(spec)).xml
+    guest.dom.setMetadata(libvirt.VIR_DOMAIN_METADATA_ELEMENT, health_element(xml), PREFIX,
+                          NAMESPACE, libvirt.VIR_DOMAIN_AFFECT_LIVE)
+
+
+@pytest.fixture(scope="module")
+def daemon(sandbox, tmp_path_factory):
+    proc = DaemonProcess(tmp_path_factory.mktemp("daemon"), sandbox.uri)
+    proc.start()
+    yield proc
+    if proc.process is not None and proc.process.poll() is None:
+        proc.kill(signal.SIGTERM)
+    print(f"daemon log: {proc.log}")
+
+
+@pytest.fixture(scope="module")
+def guests(guest_factory, daemon):
+    made = {
+        "web": guest_factory.create("dmn-web", start=False, http_port=HTTP_PORT,
+                                    tcp_port=TCP_PORT),
+        "agent": guest_factory.create("dmn-agent", start=False),
+        "paused": guest_factory.create("dmn-paused", start=False, watchdog_feeder=True),
+    }
+    for key, spec in (("web", WEB_SPEC), ("agent", AGENT_SPEC), ("paused", PAUSED_SPEC)):
+        _with_spec(made[key], spec)
+        made[key].start()
+    return made
+
+
+def _wait_status(daemon, domain: str, what: str, predicate, timeout: float = BOOT_TIMEOUT):
+    def check():
+        try:
+            entry = daemon.status(domain)
+        except ApiError:
+            return None
+        return entry if predicate(entry) else None
+    return wait_until(check, timeout=timeout, what=f"{domain}: {what}", interval=0.3)
+
+
+def _ready_for(daemon, domain: str, seconds: float) -> list[bool]:
+    """Readiness sampled every 0.5 s for `seconds`."""
+    samples = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        samples.append(daemon.status(domain)["ready"])
+        time.sleep(0.5)
+    return samples
+
+
+def test_tcp_readiness_ready_once_the_guest_listens(daemon, guests):
+    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    result = daemon.cli("wait", "dmn-web", "--for", "ready", "--timeout", "10s")
+    assert result.returncode == 0, result.stderr
+    assert daemon.cli("status", "dmn-web").returncode == 0
+
+
+def test_exec_readiness_cat_false_and_a_command_that_never_ends(daemon, guests):
+    _wait_status(daemon, "dmn-agent", "ready by exec cat", lambda e: e["ready"])
+    _set_live_spec(guests["agent"], {"readinessProbe": {"exec": {"command": ["false"]},
+                                                        **FAST}})
+    _wait_status(daemon, "dmn-agent", "re-adopted with exec false",
+                 lambda e: e["probes"]["readiness"].get("lastResult", {}).get("outcome")
+                 == "failure", timeout=30)
+    assert not any(_ready_for(daemon, "dmn-agent", 4))
+    _set_live_spec(guests["agent"], {"readinessProbe": {
+        "exec": {"command": ["sleep", "1000"]}, **FAST}})
+    _wait_status(daemon, "dmn-agent", "exec sleep timing out",
+                 lambda e: e["probes"]["readiness"].get("lastResult", {}).get("outcome")
+                 == "failure", timeout=30)
+    # The daemon keeps answering while guest commands hang.
+    started = time.monotonic()
+    assert not any(_ready_for(daemon, "dmn-agent", 4))
+    assert daemon.cli("status", "-o", "json").returncode == 0
+    print(f"8 status calls while exec hangs took {time.monotonic() - started:.1f}s")
+
+
+def test_ping_readiness_follows_the_agent(daemon, guests):
+    agent = guests["agent"]
+    _set_live_spec(agent, {"readinessProbe": {"guestAgentPing": {}, **FAST,
+                                              "failureThreshold": 1}})
+    _wait_status(daemon, "dmn-agent", "ready by ping", lambda e: e["ready"], timeout=30)
+    pid = agent.service_pid("qemu-ga")
+    # Stop qemu-ga for 12 s, then let it run again: a child of the agent does both, so
+    # nobody needs the (stopped) agent to bring it back.
+    agent.exec("sh", "-c", 'kill -STOP "$1"; sleep 12; kill -CONT "$1"', "sh", str(pid),
+               timeout=5)
+    _wait_status(daemon, "dmn-agent", "not ready while qemu-ga is stopped",
+                 lambda e: not e["ready"], timeout=15)
+    _wait_status(daemon, "dmn-agent", "ready again", lambda e: e["ready"], timeout=40)
+
+
+def test_ping_liveness_does_not_restart_a_user_paused_domain(daemon, guests):
+    paused = guests["paused"]
+    _wait_status(daemon, "dmn-paused", "adopted", lambda e: e["state"] == "running")
+    paused.wait_for_agent(timeout=BOOT_TIMEOUT)
+    run_id = paused.dom.ID()
+    paused.dom.suspend()
+    _wait_status(daemon, "dmn-paused", "suppressed",
+                 lambda e: e["suppressed"] == "paused by the user", timeout=10)
+    time.sleep(6)  # 6 periods of failureThreshold 2: it would have been restarted
+    assert paused.dom.ID() == run_id
+    assert paused.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    paused.dom.resume()
+    _wait_status(daemon, "dmn-paused", "live again", lambda e: e["live"] and not
+                 e["suppressed"], timeout=20)
+
+
+def test_watchdog_event_is_recorded(daemon, guests, recorder):
+    paused = guests["paused"]
+    paused.kill_service("watchdog", "KILL")
+    recorder.wait_for("dmn-paused", "watchdog", timeout=60)
+    def recorded():
+        text = daemon.cli("events").stdout
+        return "Watchdog" in text and "dmn-paused" in text and "poweroff" in text
+    wait_until(recorded, timeout=20, what="the watchdog event in `vmhealth events`")
+
+
+def test_http_liveness_restarts_within_its_bound(daemon, guests, recorder):
+    web = guests["web"]
+    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    run_id = web.dom.ID()
+    web.kill_service("httpd")
+    killed = time.monotonic()
+    wait_until(lambda: web.dom.ID() != run_id or not web.dom.isActive(), timeout=30,
+               what="dmn-web to be restarted", interval=0.1)
+    took = time.monotonic() - killed
+    bound = 1 * 2 + 1 + 2  # periodSeconds x failureThreshold + timeoutSeconds + 2 s
+    print(f"liveness restart began {took:.1f}s after httpd was killed (bound {bound}s)")
+    assert took <= bound
+    _wait_status(daemon, "dmn-web", "running again and ready", lambda e: e["ready"])
+
+
+def test_daemon_killed_and_restarted_resumes_without_restarting(daemon, guests):
+    web = guests["web"]
+    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    run_id = web.dom.ID()
+    daemon.kill(signal.SIGKILL)
+    daemon.start()
+    _wait_status(daemon, "dmn-web", "ready after the daemon restart", lambda e: e["ready"],
+                 timeout=30)
+    time.sleep(5)
+    assert web.dom.ID() == run_id
+    assert daemon.status("dmn-web")["live"]

@@ -1,0 +1,132 @@
+"""GuestAccess over libvirt: suppression from domain states, agent errors, addresses."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from concurrent.futures import ThreadPoolExecutor
+
+import libvirt
+import pytest
+
+from vmhealth.monitor import libvirt_access
+from vmhealth.monitor.interfaces import AgentError, AgentUnavailable
+from vmhealth.monitor.libvirt_access import (
+    DomainState,
+    LibvirtGuestAccess,
+    read_addresses,
+    suppression_for,
+)
+
+P = libvirt.VIR_DOMAIN_PAUSED
+
+
+@pytest.mark.parametrize(("state", "expected"), [
+    (DomainState(libvirt.VIR_DOMAIN_RUNNING, 1), None),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_USER), "paused by the user"),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_MIGRATION), "paused for migration"),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_SAVE), "paused while saving"),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_DUMP), "paused for a core dump"),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_SNAPSHOT), "paused for a snapshot"),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_STARTING_UP), "starting up"),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY), "paused in post-copy migration"),
+    # Real trouble: failures count.
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_IOERROR), None),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_CRASHED), None),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY_FAILED), None),
+    (DomainState(P, libvirt.VIR_DOMAIN_PAUSED_WATCHDOG), None),
+    (DomainState(libvirt.VIR_DOMAIN_RUNNING, 1,
+                 libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT), "migrating out"),
+    (DomainState(libvirt.VIR_DOMAIN_RUNNING, 1,
+                 libvirt.VIR_DOMAIN_JOB_OPERATION_SNAPSHOT), "taking a snapshot"),
+    (DomainState(libvirt.VIR_DOMAIN_SHUTOFF, 1), "not running"),
+    (None, "domain state not known yet"),
+])
+def test_suppression(state, expected):
+    assert suppression_for(state) == expected
+
+
+class AgentDomain:
+    """The narrow seam: what qemuAgentCommand is called with, and what it answers."""
+
+    def __init__(self, answer=None, error: libvirt.libvirtError | None = None) -> None:
+        self.answer, self.error = answer, error
+        self.calls: list[tuple[str, int]] = []
+
+    def name(self):
+        return "web1"
+
+
+def libvirt_error(code: int, message: str) -> libvirt.libvirtError:
+    error = libvirt.libvirtError(message)
+    error.err = (code, 0, message, 0, None, None, None, 0, 0)
+    return error
+
+
+@pytest.fixture
+def agent_calls(monkeypatch):
+    def fake(dom, text, timeout, flags):
+        dom.calls.append((text, timeout))
+        if dom.error is not None:
+            raise dom.error
+        return dom.answer
+    monkeypatch.setattr(libvirt_access.libvirt_qemu, "qemuAgentCommand", fake)
+
+
+def agent(dom, command, timeout):
+    async def call():
+        with ThreadPoolExecutor(1) as pool:
+            access = LibvirtGuestAccess(dom, agent_pool=pool, control_pool=pool)
+            return await access.agent_command(command, timeout)
+    return asyncio.run(call())
+
+
+def test_agent_command_is_json_with_a_positive_timeout(agent_calls):
+    dom = AgentDomain(json.dumps({"return": {"pid": 7}}))
+    command = {"execute": "guest-exec", "arguments": {"path": "sh", "arg": ['"; rm -rf /']}}
+    assert agent(dom, command, 0.2) == {"pid": 7}
+    text, timeout = dom.calls[0]
+    assert json.loads(text) == command and timeout == 1
+
+
+def test_agent_not_connected_is_unavailable(agent_calls):
+    dom = AgentDomain(error=libvirt_error(libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                                          "Guest agent is not responding"))
+    with pytest.raises(AgentUnavailable):
+        agent(dom, {"execute": "guest-ping"}, 1)
+
+
+def test_blocked_rpc_names_the_fix(agent_calls):
+    dom = AgentDomain(error=libvirt_error(
+        libvirt.VIR_ERR_INTERNAL_ERROR, "internal error: unable to execute QEMU agent "
+        "command 'guest-exec': The command guest-exec has been disabled for this instance"))
+    with pytest.raises(AgentError) as error:
+        agent(dom, {"execute": "guest-exec"}, 1)
+    assert error.value.blocked
+    assert "allow-rpcs" in str(error.value)
+
+
+class AddressDomain:
+    def __init__(self, answers) -> None:
+        self.answers = answers
+
+    def interfaceAddresses(self, source, flags):
+        answer = self.answers.get(source)
+        if answer is None:
+            raise libvirt_error(libvirt.VIR_ERR_OPERATION_UNSUPPORTED, "no such source")
+        return answer
+
+
+def iface(*addresses):
+    return {"eth0": {"hwaddr": "52:54:00:00:00:01",
+                     "addrs": [{"addr": a, "prefix": 24, "type": 0} for a in addresses]}}
+
+
+def test_addresses_from_every_source_ipv4_first_without_loopback_or_link_local():
+    dom = AddressDomain({
+        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT:
+            {"lo": {"addrs": [{"addr": "127.0.0.1"}, {"addr": "::1"}]},
+             **iface("fd00::10", "fe80::1", "10.0.0.10")},
+        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP: iface("10.0.0.10", "10.0.0.11"),
+    })
+    assert read_addresses(dom) == ["10.0.0.10", "10.0.0.11", "fd00::10"]
