@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from tests.e2e.harness.guests import Guest, GuestFactory
 from tests.e2e.harness.sandbox import Sandbox
 
 CONSOLE_TAIL = 80
-KEEP_LOG_RUNS = 5
 
 
 def _unavailable() -> str | None:
@@ -49,25 +47,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.e2e)
 
 
-def _new_log_dir() -> Path:
-    paths.LOGS.mkdir(parents=True, exist_ok=True)
-    runs = sorted(p for p in paths.LOGS.iterdir() if p.is_dir() and not p.is_symlink())
-    for old in runs[:-KEEP_LOG_RUNS]:
-        shutil.rmtree(old, ignore_errors=True)
-    log_dir = paths.LOGS / datetime.now().strftime("%Y%m%d-%H%M%S-%f")
-    log_dir.mkdir()
-    latest = paths.LOGS / "latest"
-    latest.unlink(missing_ok=True)
-    latest.symlink_to(log_dir.name)
-    return log_dir
-
-
 @pytest.fixture(scope="session")
 def sandbox():
     reason = _unavailable()
     if reason:
         _refuse(reason)
-    box = Sandbox(_new_log_dir())
+    box = Sandbox(paths.new_log_dir("pytest"))
     start = time.monotonic()
     try:
         box.start()

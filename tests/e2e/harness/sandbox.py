@@ -18,11 +18,14 @@ from . import namespace, paths
 from .waiting import GiveUp, wait_until
 
 # Directories libvirt (and, later, vmhealth) write to; each gets a private tmpfs.
+# A tmpfs over all of /run, so that /run/libvirt and /run/vmhealth are made inside it
+# and not as empty mount points on the host.
 PRIVATE_DIRS = (
-    "/etc/libvirt",
+    "/run",
     "/run/libvirt",
-    "/var/lib/libvirt",
     "/run/vmhealth",
+    "/etc/libvirt",
+    "/var/lib/libvirt",
 )
 # Kept between runs (under build/): libvirt caches QEMU's probed capabilities here and
 # revalidates them against the QEMU and libvirt binaries, so reuse is safe and saves
