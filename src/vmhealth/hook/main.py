@@ -64,6 +64,14 @@ class Invocation:
         # it needs no parsing at all.
         return NAMESPACE_BYTES in self.data
 
+    def health_facts(self) -> DomainFacts | None:
+        """What scan() finds in a domain with vmhealth metadata; None for any other
+        domain, decided by the byte search alone when possible. Raises ScanError."""
+        if not self.has_namespace:
+            return None
+        facts = scan(self.data)
+        return facts if facts.has_health else None
+
     def say(self, message: str) -> None:
         self.stderr.write(f"vmhealth: {message}\n")
 
@@ -79,15 +87,13 @@ class Invocation:
 # ---------------------------------------------------------------------------
 
 def prepare(run: Invocation) -> int:
-    if not run.has_namespace:
-        return EXIT_OK
     try:
-        facts = scan(run.data)
+        facts = run.health_facts()
     except ScanError as exc:
         run.say(f"domain {run.shown_domain()} not started: its XML mentions vmhealth "
                 f"but cannot be read: {exc}")
         return EXIT_REFUSED
-    if not facts.has_health:
+    if facts is None:
         return EXIT_OK
     from vmhealth.hook import validate
 
@@ -113,10 +119,8 @@ def prepare(run: Invocation) -> int:
 
 def hand_over(run: Invocation) -> int:
     """started, reconnect: the daemon monitors what is in the spool directory."""
-    if not run.has_namespace:
-        return EXIT_OK
-    facts = scan(run.data)
-    if not facts.has_health:
+    facts = run.health_facts()
+    if facts is None:
         return EXIT_OK
     spool.write_atomic(run.spool_dir, canonical_uuid(facts), spool.XML_SUFFIX, run.data)
     return EXIT_OK
@@ -132,10 +136,8 @@ def take_back(run: Invocation) -> int:
 
 def align_watchdog(run: Invocation) -> int:
     """migrate, restore: the XML on stdout, watchdog actions aligned with the spec."""
-    if not run.has_namespace:
-        return EXIT_OK
-    facts = scan(run.data)
-    if not facts.has_health:
+    facts = run.health_facts()
+    if facts is None:
         return EXIT_OK
     from vmhealth.hook import persistent, validate
     from vmhealth.hook.watchdog import align
