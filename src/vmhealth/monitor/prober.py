@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Protocol
@@ -73,12 +74,24 @@ class Clock(Protocol):
 
 
 class LoopClock:
-    """The event loop's monotonic clock."""
+    """The event loop's monotonic clock, waking sleepers on a coarse grid.
+
+    Rounding wake-ups up to a multiple of `grain` lets the loop wake many probe
+    workers in one iteration instead of one epoll round per worker: with 2,000 probes
+    a second that halves the scheduling cost (docs/probes.md), for at most `grain` of
+    added lateness.
+    """
+
+    def __init__(self, *, grain: float = 0.005) -> None:
+        self._grain = grain
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
     async def sleep_until(self, deadline: float) -> None:
+        grain = self._grain
+        if grain > 0:
+            deadline = math.ceil(deadline / grain) * grain
         await asyncio.sleep(max(0.0, deadline - self.now()))
 
 

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 import sys
 import time
 from collections.abc import Awaitable
-from typing import TypeVar
+from typing import Callable, TypeVar
 
 from vmhealth.monitor.interfaces import (
     AgentError,
@@ -118,40 +119,28 @@ class ConnectFailed(Exception):
     """No address of the guest accepted the connection; the message names each attempt."""
 
 
-async def _sockaddrs(host: str, port: int) -> list[tuple[int, tuple]]:
-    family = address_family(host)
-    if family is not None:  # an IP literal: no resolver round trip on the hot path
-        return [(family, (host, port))]
-    loop = asyncio.get_running_loop()
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    return [(info[0], info[4]) for info in infos]
-
-
-async def connect_first(hosts: list[str], port: int) -> tuple[socket.socket, str]:
-    """Connect to the first of `hosts` that accepts, in order; returns (socket, host).
+async def connect_first(hosts: list[str], port: int,
+                        protocol_factory: Callable[[], asyncio.BaseProtocol], *,
+                        tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
+                        ) -> tuple[asyncio.BaseTransport, str]:
+    """Connect to the first of `hosts` that accepts, in order; returns (transport, host).
 
     The caller bounds the whole attempt with with_timeout(); a refused or unreachable
     address moves on to the next one (kubelet dials one address; a VM has several).
+    IP literals skip the resolver; a host name from the spec is resolved by the loop.
     """
     loop = asyncio.get_running_loop()
     problems = []
     for host in hosts:
         try:
-            sockaddrs = await _sockaddrs(host, port)
+            if tls is None:
+                transport, _ = await loop.create_connection(protocol_factory, host, port)
+            else:
+                transport, _ = await loop.create_connection(
+                    protocol_factory, host, port, ssl=tls,
+                    server_hostname=server_hostname or "")
         except OSError as exc:
-            problems.append(f"{host}: cannot resolve ({describe_os_error(exc)})")
+            problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
             continue
-        for family, sockaddr in sockaddrs:
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            try:
-                sock.setblocking(False)
-                await loop.sock_connect(sock, sockaddr)
-            except OSError as exc:
-                sock.close()
-                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
-                continue
-            except BaseException:  # cancelled or timed out: never leak the socket
-                sock.close()
-                raise
-            return sock, host
+        return transport, host
     raise ConnectFailed("; ".join(problems))

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import socket
 import ssl
 from urllib.parse import quote, urljoin, urlsplit
 
@@ -184,24 +183,33 @@ def _same_host(a: str, b: str) -> bool:
     return a.strip("[]").lower() == b.strip("[]").lower()
 
 
-async def _exchange(sock: socket.socket, request: bytes, *, tls: bool,
-                    server_hostname: str | None) -> _ResponseReader:
+async def _exchange(handler: spec.HttpGet, hosts: list[str], port: int, target: str,
+                    scheme: str, server_hostname: str | None) -> tuple[_ResponseReader, str]:
+    """Connect to the first host that accepts, send the request, read the response.
+
+    Raises ValueError when the request cannot be built (see _build_request).
+    """
     loop = asyncio.get_running_loop()
-    done = loop.create_future()
-    reader = _ResponseReader(request, done)
-    try:
-        if tls:
-            await loop.create_connection(lambda: reader, sock=sock,
-                                         ssl=_insecure_tls_context(),
-                                         server_hostname=server_hostname or "")
-        else:
-            await loop.create_connection(lambda: reader, sock=sock)
-        await done
-    except BaseException:
-        reader.abort()
-        sock.close()
-        raise
-    return reader
+    tls = _insecure_tls_context() if scheme == "https" else None
+    problems = []
+    for host in hosts:
+        done = loop.create_future()
+        reader = _ResponseReader(
+            _build_request(handler, target, _authority(host, port, scheme)), done)
+        try:
+            await connect_first([host], port, lambda reader=reader: reader, tls=tls,
+                                server_hostname=server_hostname)
+        except ConnectFailed as exc:
+            problems.append(str(exc))
+            continue
+        try:
+            await done
+        except BaseException:
+            done.cancel()  # nobody is left to read what the aborted connection reports
+            reader.abort()
+            raise
+        return reader, host
+    raise ConnectFailed("; ".join(problems))
 
 
 async def _probe(handler: spec.HttpGet, hosts: list[str],
@@ -211,22 +219,17 @@ async def _probe(handler: spec.HttpGet, hosts: list[str],
     target = handler.path
     host_override = _host_header_value(handler)
     for redirects in range(MAX_REDIRECTS + 1):
-        try:
-            sock, host = await connect_first(hosts, port)
-        except ConnectFailed as exc:
-            return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {exc}")
-        url = f"{scheme}://{_authority(host, port, scheme)}{target}"
-        try:
-            request = _build_request(handler, target, _authority(host, port, scheme))
-        except ValueError as exc:
-            sock.close()
-            return clock.result(Outcome.ERROR, f"cannot build the request: {exc}")
         sni = host_override.rsplit(":", 1)[0] if host_override else None
         try:
-            reader = await _exchange(sock, request, tls=scheme == "https", server_hostname=sni)
+            reader, host = await _exchange(handler, hosts, port, target, scheme, sni)
+        except ValueError as exc:
+            return clock.result(Outcome.ERROR, f"cannot build the request: {exc}")
+        except ConnectFailed as exc:
+            return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {exc}")
         except (OSError, InvalidResponse) as exc:
             text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            return clock.result(Outcome.FAILURE, f"HTTP GET {url}: {text}")
+            return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {text}")
+        url = f"{scheme}://{_authority(host, port, scheme)}{target}"
         status = reader.status
         if 300 <= status < 400 and reader.location is not None:
             if redirects == MAX_REDIRECTS:

@@ -7,6 +7,8 @@ all within one timeoutSeconds.
 
 from __future__ import annotations
 
+import asyncio
+
 from vmhealth import spec
 from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
 from vmhealth.monitor.probes.common import (
@@ -28,12 +30,12 @@ async def run_tcp_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
     if not hosts:
         return no_address(clock, access)
     try:
-        sock, host = await with_timeout(connect_first(hosts, handler.port),
-                                        probe.timeout_seconds)
+        transport, host = await with_timeout(
+            connect_first(hosts, handler.port, asyncio.Protocol), probe.timeout_seconds)
     except ConnectFailed as exc:
         return clock.result(Outcome.FAILURE, f"tcp connect failed: {exc}")
     except TimeoutError:
         return clock.result(Outcome.FAILURE, f"tcp connect to port {handler.port} timed out "
                                              f"after {probe.timeout_seconds}s")
-    sock.close()
+    transport.close()
     return clock.result(Outcome.SUCCESS, f"connected to {host_for_url(host)}:{handler.port}")

@@ -1,0 +1,208 @@
+"""Probe engine at scale: 1,000 domains, HTTP readiness + TCP liveness, periodSeconds 1.
+
+    .venv/bin/python benchmarks/bench_probes.py [--domains 1000] [--seconds 20]
+                                                [--loop asyncio|uvloop]
+
+Each domain also has a guestAgentPing startup probe answered by a fake agent (the
+narrow GuestAccess seam), so startup gating is part of the run. The targets are
+served on 127.0.0.1 by a separate process (benchmarks/loopback_targets.py); the
+probing side runs in a child process of its own, so its CPU (getrusage) and RSS are
+the daemon-side figures. Two phases in the same run, each after a warm-up:
+
+- baseline: the same DomainProbers with a no-op probe runner (scheduling only);
+- probes: the real handlers (httptools over asyncio transports, socket connects).
+
+Lateness = how long after its scheduled tick a probe started. Targets (issue 4):
+daemon CPU < 15% of one core, RSS < 120 MB, p99 lateness < 50 ms. The machine has
+2 cores shared with the target server, so figures include that contention.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+
+from vmhealth import spec
+from vmhealth.monitor.interfaces import Outcome, ProbeResult
+from vmhealth.monitor.prober import DomainProber, LoopClock
+from vmhealth.monitor.probes import run_probe
+
+TARGETS = {"cpu_percent": 15.0, "rss_mb": 120.0, "p99_ms": 50.0}
+HERE = Path(__file__).resolve().parent
+
+
+class FakeGuest:
+    """GuestAccess for one simulated domain: loopback address, an agent that answers."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    async def addresses(self) -> list[str]:
+        return ["127.0.0.1"]
+
+    async def agent_command(self, command, timeout):
+        return {}
+
+    def suppression_reason(self):
+        return None
+
+
+class Tally:
+    """ProbeListener that counts; lateness samples only inside the measured window."""
+
+    def __init__(self) -> None:
+        self.measuring = False
+        self.outcomes: dict[str, int] = {}
+        self.failures: list[str] = []
+        self.lateness: list[float] = []
+
+    def on_result(self, kind, result, *, counted):
+        if self.measuring:
+            key = f"{kind.short}:{result.outcome.value}"
+            self.outcomes[key] = self.outcomes.get(key, 0) + 1
+            if result.outcome is not Outcome.SUCCESS and len(self.failures) < 5:
+                self.failures.append(result.message)
+
+    def on_state_change(self, change):
+        pass
+
+    def on_liveness_failed(self, result):
+        pass
+
+    def observe(self, kind, late):
+        if self.measuring:
+            self.lateness.append(late)
+
+
+async def noop_runner(probe, access) -> ProbeResult:
+    return ProbeResult(Outcome.SUCCESS, "no-op", 0.0, time.time())
+
+
+def domain_spec(port: int) -> spec.HealthSpec:
+    return spec.HealthSpec(
+        startup_probe=spec.Probe(handler=spec.GuestAgentPing(), period_seconds=1),
+        readiness_probe=spec.Probe(handler=spec.HttpGet(port=port, path="/healthz"),
+                                   period_seconds=1),
+        liveness_probe=spec.Probe(handler=spec.TcpSocket(port=port), period_seconds=1),
+    )
+
+
+def cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
+                    seconds: float, grain: float) -> dict:
+    tally = Tally()
+    runner = noop_runner if phase == "baseline" else run_probe
+    probers = [DomainProber(domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}"), tally,
+                            runner=runner, lateness_observer=tally.observe,
+                            clock=LoopClock(grain=grain))
+               for i in range(domains)]
+    for prober in probers:
+        prober.start(jitter_first_probe=True)  # a fresh daemon start
+    await asyncio.sleep(warmup)
+    tally.measuring = True
+    cpu0, wall0 = cpu_seconds(), time.monotonic()
+    await asyncio.sleep(seconds)
+    cpu1, wall1 = cpu_seconds(), time.monotonic()
+    tally.measuring = False
+    rss = psutil.Process().memory_info().rss
+    await asyncio.gather(*(prober.stop() for prober in probers))
+    late = sorted(tally.lateness) or [0.0]
+    return {
+        "phase": phase,
+        "cpu_percent": 100 * (cpu1 - cpu0) / (wall1 - wall0),
+        "rss_mb": rss / 2**20,
+        "p50_ms": 1000 * statistics.median(late),
+        "p99_ms": 1000 * late[min(len(late) - 1, int(0.99 * len(late)))],
+        "probes_per_second": sum(tally.outcomes.values()) / (wall1 - wall0),
+        "outcomes": tally.outcomes,
+        "sample_failures": tally.failures,
+    }
+
+
+def phase_child(phase, ports, domains, warmup, seconds, loop_name, grain, out) -> None:
+    if loop_name == "uvloop":
+        import uvloop
+        uvloop.install()
+    out.put(asyncio.run(run_phase(phase, ports, domains, warmup, seconds, grain)))
+
+
+def run_in_child(*args) -> dict:
+    context = multiprocessing.get_context("spawn")  # a clean process: honest RSS
+    out = context.Queue()
+    child = context.Process(target=phase_child, args=(*args, out))
+    child.start()
+    result = out.get(timeout=600)
+    child.join(timeout=30)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--domains", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=20, help="measured window per phase")
+    parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
+    parser.add_argument("--grain", type=float, default=0.005,
+                        help="LoopClock wake-up grid in seconds (0 = exact wake-ups)")
+    args = parser.parse_args()
+
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "loopback_targets.py"), "--max-seconds",
+         str(4 * (args.seconds + args.warmup) + 60)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        ports = json.loads(server.stdout.readline())["ports"]
+        common = (ports, args.domains, args.warmup, args.seconds, args.loop, args.grain)
+        load_before = os.getloadavg()[0]
+        baseline = run_in_child("baseline", *common)
+        probes = run_in_child("probes", *common)
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+    print(f"{args.domains} domains x (HTTP readiness + TCP liveness) at periodSeconds 1, "
+          f"loop={args.loop}, grain={args.grain * 1000:g} ms, {args.seconds:.0f} s measured "
+          f"per phase; host load average {load_before:.1f} before, "
+          f"{os.getloadavg()[0]:.1f} after (2 cores, shared)")
+    print(f"{'phase':10} {'CPU %core':>9} {'RSS MB':>7} {'p50 ms':>7} {'p99 ms':>7} "
+          f"{'probes/s':>9}")
+    for row in (baseline, probes):
+        print(f"{row['phase']:10} {row['cpu_percent']:9.1f} {row['rss_mb']:7.1f} "
+              f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['probes_per_second']:9.0f}")
+    print("outcomes:", json.dumps(probes["outcomes"], sort_keys=True))
+    for message in probes["sample_failures"]:
+        print("  not a success:", message)
+    ratio = probes["cpu_percent"] / max(baseline["cpu_percent"], 0.01)
+    print(f"CPU ratio probes/baseline: {ratio:.1f}x; per probe: "
+          f"{1e4 * probes['cpu_percent'] / max(probes['probes_per_second'], 1):.0f} us "
+          f"(baseline {1e4 * baseline['cpu_percent'] / max(baseline['probes_per_second'], 1):.0f}"
+          " us)")
+    for key, label, unit in (("cpu_percent", "daemon CPU", "% of one core"),
+                             ("rss_mb", "RSS", " MB"), ("p99_ms", "p99 lateness", " ms")):
+        value, limit = probes[key], TARGETS[key]
+        verdict = "PASS" if value < limit else "MISS"
+        print(f"{verdict}: {label} {value:.1f}{unit} (target < {limit:g}{unit}; "
+              f"baseline {baseline[key]:.1f})")
+
+
+if __name__ == "__main__":
+    main()
