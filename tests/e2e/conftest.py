@@ -70,28 +70,39 @@ def guest_image_files(sandbox):
 
 
 @pytest.fixture(scope="session")
-def conn(sandbox):
-    connection = events.connect(sandbox.uri)
-    yield connection
-    try:
-        connection.close()
-    except Exception:  # noqa: BLE001 - libvirtd may already be gone at teardown
-        pass
-
-
-@pytest.fixture(scope="session")
-def recorder(conn):
-    """Watchdog and lifecycle events of every domain, from the session's start."""
-    rec = events.EventRecorder(conn)
+def recorder(sandbox):
+    """Watchdog and lifecycle events of every domain, from the session's start (on a
+    connection of its own)."""
+    rec = events.EventRecorder(events.connect(sandbox.uri))
     yield rec
     rec.close()
 
 
 @pytest.fixture(scope="session")
-def guest_factory(sandbox, conn, guest_image_files):
-    factory = GuestFactory(sandbox, conn, guest_image_files)
+def guest_factory(sandbox, guest_image_files):
+    factory = GuestFactory(sandbox, events.connect(sandbox.uri), guest_image_files)
     yield factory
     factory.cleanup()
+
+
+@pytest.fixture
+def conn(guest_factory):
+    """The current libvirt connection (a new one after restart_libvirtd)."""
+    return guest_factory.conn
+
+
+@pytest.fixture(scope="session")
+def restart_libvirtd(sandbox, guest_factory, recorder):
+    """A function that restarts the sandbox's libvirtd (running domains keep running)
+    and moves the factory, its guests and the recorder to new connections."""
+
+    def restart():
+        sandbox.restart_libvirtd()
+        guest_factory.reconnect(events.connect(sandbox.uri))
+        recorder.reconnect(events.connect(sandbox.uri))
+        return guest_factory.conn
+
+    return restart
 
 
 @pytest.fixture(autouse=True)

@@ -69,15 +69,25 @@ class EventRecorder:
     """Records watchdog and lifecycle events of every domain on one connection."""
 
     def __init__(self, conn: libvirt.virConnect) -> None:
-        self._conn = conn
         self._events: list[Event] = []
         self._cond = threading.Condition()
+        self._callback_ids: list[int] = []
+        self._register(conn)
+
+    def _register(self, conn: libvirt.virConnect) -> None:
+        self._conn = conn
         self._callback_ids = [
             conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_WATCHDOG, self._on_watchdog, None),
             conn.domainEventRegisterAny(
                 None, libvirt.VIR_DOMAIN_EVENT_ID_LIFECYCLE, self._on_lifecycle, None),
         ]
+
+    def reconnect(self, conn: libvirt.virConnect) -> None:
+        """Listen on a new connection (after a libvirtd restart); events recorded so
+        far are kept, those emitted while libvirtd was down are lost."""
+        self.close()
+        self._register(conn)
 
     def close(self) -> None:
         for callback_id in self._callback_ids:

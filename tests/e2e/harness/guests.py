@@ -5,8 +5,9 @@ from __future__ import annotations
 import itertools
 import socket
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 import libvirt
 
@@ -17,16 +18,26 @@ from .sandbox import Sandbox
 from .waiting import wait_until
 
 
-@dataclass
+@dataclass(eq=False)
 class Guest:
     spec: GuestSpec
-    dom: libvirt.virDomain
     console_log: Path
+    # Returns the current connection: after a libvirtd restart the factory holds a
+    # new one, and the guest's virDomain handle follows it.
+    connection: Callable[[], libvirt.virConnect] = field(repr=False)
     started_at: float | None = None
+    _dom: libvirt.virDomain | None = field(default=None, repr=False)
 
     @property
     def name(self) -> str:
         return self.spec.name
+
+    @property
+    def dom(self) -> libvirt.virDomain:
+        conn = self.connection()
+        if self._dom is None or self._dom.connect() is not conn:
+            self._dom = conn.lookupByName(self.name)
+        return self._dom
 
     def start(self) -> None:
         self.started_at = time.monotonic()
@@ -118,7 +129,8 @@ class GuestFactory:
         console_log.unlink(missing_ok=True)
         xml = domain_xml.build(spec, self.image, console_log, self.sandbox.bridge.name)
         dom = self.conn.defineXML(xml)
-        guest = Guest(spec=spec, dom=dom, console_log=console_log)
+        guest = Guest(spec=spec, console_log=console_log, connection=lambda: self.conn,
+                      _dom=dom)
         self.guests.append(guest)
         return guest
 
@@ -132,6 +144,10 @@ class GuestFactory:
         if start:
             guest.start()
         return guest
+
+    def reconnect(self, conn: libvirt.virConnect) -> None:
+        """Use a new connection (after a libvirtd restart) for all guests."""
+        self.conn = conn
 
     def cleanup(self) -> None:
         for guest in self.guests:

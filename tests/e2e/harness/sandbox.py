@@ -166,6 +166,11 @@ class Sandbox:
             self.reload_libvirtd()
         return target
 
+    def remove_hook(self, name: str, reload: bool = True) -> None:
+        (HOOK_DIR / name).unlink(missing_ok=True)
+        if reload and "libvirtd" in self._pids:
+            self.reload_libvirtd()
+
     def _libvirtd_answers(self) -> bool:
         pid = self._pids["libvirtd"]
         if not _pid_alive(pid):
