@@ -360,3 +360,12 @@ def test_installed_wheel_runs_the_cli(fresh_venv):
     assert "Commands:" in help_text and "apply" in help_text
     hook_help = checked([fresh_venv / "bin/vmhealth", "hook", "install", "--help"])
     assert "Usage: vmhealth hook install" in hook_help
+
+
+@pytest.mark.parametrize("tag", ["PREIN", "POSTIN", "PREUN", "POSTUN", "POSTTRANS"])
+def test_every_scriptlet_is_valid_shell(rpms, tag):
+    for rpm in (rpms.host, rpms.guest):
+        body = query(rpm, "--qf", f"%{{{tag}}}")
+        if body != "(none)":
+            result = run(["sh", "-n"], input=body)
+            assert result.returncode == 0, f"{rpm.name} {tag}: {result.stderr}"
