@@ -121,6 +121,19 @@ def test_http_200_is_success():
     assert state.requests[0][0] == "/"
 
 
+def test_http_and_tcp_work_on_uvloop():
+    uvloop = pytest.importorskip("uvloop")  # optional: the daemon may run on it
+    loop = uvloop.new_event_loop()
+    try:
+        result, _ = loop.run_until_complete(http_probe({"/": Route()}))
+        refused = loop.run_until_complete(
+            run_probe(probe_of(spec.TcpSocket(port=free_port())), FakeAccess()))
+    finally:
+        loop.close()
+    assert result.outcome is Outcome.SUCCESS, result.message
+    assert refused.outcome is Outcome.FAILURE
+
+
 def test_http_500_is_failure_with_body_excerpt():
     result, _ = run(http_probe({"/healthz": Route(500, b"database down")},
                                {"path": "/healthz"}))

@@ -70,9 +70,9 @@ class _ResponseReader(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
-        transport.write(self._request)
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self._transport = transport  # type: ignore[assignment]
+        self._transport.write(self._request)
 
     def data_received(self, data: bytes) -> None:
         if self._done.done():
