@@ -11,8 +11,8 @@ pytestmark = pytest.mark.e2e
 
 CALLS = "/run/vmhealth/e2e-hook-calls.log"
 # A hook that records domain, operation and sub-operation (not the extra argument,
-# which for release is "-" before libvirt 10.5 and the shutoff reason after).  It drains stdin (the domain XML) so libvirt's
-# write to it never fails, and exits at once.
+# which for release is "-" before libvirt 10.5 and the shutoff reason after).  It
+# drains stdin (the domain XML) so libvirt's write to it never fails, and exits.
 HOOK = f"""#!/bin/sh
 cat > /dev/null
 echo "$1 $2 $3" >> {CALLS}

@@ -67,7 +67,14 @@ def run_as_init(argv: list[str], cwd: str | None = None) -> int:
     # Ctrl-C reaches the child directly from the terminal; pid 1 must outlive it to
     # reap, and SIGTERM (a CI timeout) is passed on so pytest can clean up.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    child = subprocess.Popen(argv, cwd=cwd, env=env)
+    # An ignored signal stays ignored across exec: give the child Ctrl-C back (so
+    # Python raises KeyboardInterrupt there and the cleanup code runs).
+    child = subprocess.Popen(
+        argv,
+        cwd=cwd,
+        env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
 
     def forward(signum: int, _frame: object) -> None:
         child.send_signal(signum)
