@@ -62,6 +62,8 @@ def sandbox():
     print(f"\ne2e: sandbox up in {time.monotonic() - start:.1f}s, logs in {box.log_dir}")
     yield box
     box.stop()
+    changed = box.host_changes()
+    assert not changed, f"the sandbox changed host files: {changed}"
 
 
 @pytest.fixture(scope="session")

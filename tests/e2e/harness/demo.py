@@ -155,6 +155,9 @@ def main(argv: list[str]) -> int:
         finally:
             sandbox.stop()
             print(f"\nsandbox stopped; logs kept in {log_dir}", flush=True)
+            changed = sandbox.host_changes() if namespace.inside() else []
+            print("host's /etc/libvirt, /etc/passwd, /etc/group: "
+                  + (f"CHANGED {changed}" if changed else "unchanged"), flush=True)
     namespace.reexec(MODULE, argv)
     return 127  # not reached
 

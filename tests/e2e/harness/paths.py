@@ -1,12 +1,14 @@
 """Where the e2e harness keeps what it builds and what it logs."""
 
+import os
 import shutil
 from datetime import datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[3]
-# build/ is ignored by git; everything the harness writes goes below it.
-BUILD = REPO / "build" / "e2e"
+# build/ is ignored by git; everything the harness writes goes below it
+# ($VMHEALTH_E2E_BUILD moves it, e.g. to measure a cold start).
+BUILD = Path(os.environ.get("VMHEALTH_E2E_BUILD", REPO / "build" / "e2e"))
 IMAGES = BUILD / "images"
 LOGS = BUILD / "logs"
 LIBVIRT_CACHE = BUILD / "libvirt-cache"

@@ -14,7 +14,7 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import namespace, paths
+from . import hostcheck, namespace, paths
 from .waiting import GiveUp, wait_until
 
 # Directories libvirt (and, later, vmhealth) write to; each gets a private tmpfs.
@@ -116,6 +116,7 @@ class Sandbox:
         self.bridge = bridge or Bridge()
         self.console_dir = LOG_DIR / "console"
         self._pids: dict[str, int] = {}
+        self._host_files: dict[str, str] = {}
 
     # ---------------------------------------------------------------- start/stop
     def start(self) -> None:
@@ -124,6 +125,8 @@ class Sandbox:
                 "the sandbox only runs inside its namespaces: "
                 "python -m tests.e2e.harness.run (see docs/e2e.md)"
             )
+        # Taken before anything is mounted over them; compared by host_changes().
+        self._host_files = hostcheck.snapshot()
         self._mount_private_dirs()
         self._provide_accounts()
         self._write_config()
@@ -136,6 +139,14 @@ class Sandbox:
         self._destroy_all_domains()
         self.stop_libvirtd()
         self._stop_daemon("virtlogd")
+
+    def host_changes(self) -> list[str]:
+        """What changed in the host's /etc/libvirt, /etc/passwd and /etc/group since
+        start() (an empty list, or the sandbox leaked)."""
+        if not self._host_files:
+            return []  # start() failed before mounting anything
+        with hostcheck.host_root(Path("/run/vmhealth")) as root:
+            return hostcheck.differences(self._host_files, hostcheck.snapshot(root))
 
     # ---------------------------------------------------------------- libvirtd
     def start_libvirtd(self, timeout: float = 120) -> None:
