@@ -33,12 +33,12 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from vmhealth.spec import HealthSpec, Watchdog, WatchdogModel, parse_spec, spec_to_dict
+from vmhealth.metadata import FORMAT_VERSION, NAMESPACE, PREFIX, MetadataError, spec_from_metadata
+from vmhealth.spec import HealthSpec, Watchdog, WatchdogModel, spec_to_dict
 from vmhealth.xmlsafe import XmlError, parse_xml, to_string
 
-NAMESPACE = "https://vmhealth.dev/xmlns/health/1"
-PREFIX = "vmhealth"
-FORMAT_VERSION = "1"
+__all__ = ["FORMAT_VERSION", "NAMESPACE", "PREFIX", "Edit", "apply_spec", "remove_spec",
+           "read_spec", "is_applied", "health_element", "normalise", "parse_domain"]
 
 
 def _q(tag: str) -> str:
@@ -73,18 +73,12 @@ def read_spec_from_root(root: etree._Element) -> HealthSpec | None:
 
 
 def _spec_of(health: etree._Element) -> HealthSpec:
-    version = health.get("version")
-    if version != FORMAT_VERSION:
-        raise XmlError(f"vmhealth metadata has version {version!r}; this vmhealth reads "
-                       f"version {FORMAT_VERSION} (upgrade vmhealth or re-apply the spec)")
     spec_el = health.find("spec")
-    if spec_el is None or not (spec_el.text or "").strip():
-        raise XmlError("vmhealth metadata has no <spec> element")
     try:
-        data = json.loads(spec_el.text)
-    except ValueError as exc:
-        raise XmlError(f"vmhealth metadata spec is not valid JSON: {exc}") from None
-    return parse_spec(data, "metadata.spec")
+        return spec_from_metadata(health.get("version"),
+                                  spec_el.text if spec_el is not None else None)
+    except MetadataError as exc:
+        raise XmlError(str(exc)) from None
 
 
 def health_element(xml: str | bytes) -> str:

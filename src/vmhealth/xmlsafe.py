@@ -10,9 +10,7 @@ from __future__ import annotations
 
 from lxml import etree
 
-# libvirt's own limit for a domain XML document is 10 MiB (VIR_DOMAIN_XML_MAX);
-# anything larger is not a domain definition.
-MAX_XML_BYTES = 10 * 1024 * 1024
+from vmhealth.metadata import MAX_DOMAIN_XML_BYTES as MAX_XML_BYTES
 
 
 class XmlError(ValueError):

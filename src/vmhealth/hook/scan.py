@@ -14,12 +14,11 @@ from __future__ import annotations
 
 from xml.parsers import expat
 
-# Pinned to vmhealth.domainxml by tests/unit/test_hook_scan.py; repeated here because
-# importing domainxml pulls in lxml.
-NAMESPACE = "https://vmhealth.dev/xmlns/health/1"
+# vmhealth.metadata is standard library only (domainxml would pull in lxml).
+from vmhealth.metadata import MAX_DOMAIN_XML_BYTES as MAX_XML_BYTES
+from vmhealth.metadata import NAMESPACE
+
 NAMESPACE_BYTES = NAMESPACE.encode("ascii")
-# Pinned to vmhealth.xmlsafe.MAX_XML_BYTES (libvirt's own limit for a domain XML).
-MAX_XML_BYTES = 10 * 1024 * 1024
 
 _SEP = " "  # expat joins namespace URI and local name with this; URIs have no spaces
 _HEALTH = f"{NAMESPACE}{_SEP}health"

@@ -1,0 +1,42 @@
+"""vmhealth's domain metadata format: its namespace and how the spec is encoded.
+
+Standard library only, and cheap to import: the libvirt hook reads the spec on its
+hot path without lxml (vmhealth.hook.scan finds the element with expat), while
+vmhealth.domainxml edits whole documents with lxml. Both decode the spec here, so
+their verdicts and messages are the same.
+"""
+
+from __future__ import annotations
+
+NAMESPACE = "https://vmhealth.dev/xmlns/health/1"
+PREFIX = "vmhealth"
+FORMAT_VERSION = "1"
+# libvirt's own limit for a domain XML document (VIR_DOMAIN_XML_MAX, 10 MiB); anything
+# larger is not a domain definition.
+MAX_DOMAIN_XML_BYTES = 10 * 1024 * 1024
+
+
+class MetadataError(ValueError):
+    """The vmhealth element is present but unreadable (version, missing spec, JSON)."""
+
+
+def spec_from_metadata(version: str | None, text: str | None):
+    """The HealthSpec encoded in our element's `version` attribute and <spec> text.
+
+    Raises MetadataError, or vmhealth.spec.SpecError naming the field under
+    `metadata.spec`.
+    """
+    if version != FORMAT_VERSION:
+        raise MetadataError(f"vmhealth metadata has version {version!r}; this vmhealth reads "
+                            f"version {FORMAT_VERSION} (upgrade vmhealth or re-apply the spec)")
+    if not (text or "").strip():
+        raise MetadataError("vmhealth metadata has no <spec> element")
+    import json
+
+    from vmhealth.spec import parse_spec
+
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise MetadataError(f"vmhealth metadata spec is not valid JSON: {exc}") from None
+    return parse_spec(data, "metadata.spec")
