@@ -76,6 +76,20 @@ class Context:
 
 
 pass_context = click.make_pass_decorator(Context)
+
+
+def connect_option(command):
+    """`--connect` after the subcommand too (`vmhealth apply web1 -c URI -f x.yaml`), as
+    operators type it; it overrides the one given before the subcommand."""
+
+    def remember(ctx: click.Context, _param, value: str | None) -> None:
+        if value is not None:
+            ctx.find_object(Context).uri = value
+
+    return click.option("-c", "--connect", metavar="URI", expose_value=False,
+                        callback=remember,
+                        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else "
+                             "qemu:///system).")(command)
 MULTIPLE_WATCHDOGS_SINCE = 9_001_000  # libvirt 9.1.0 accepts several <watchdog> devices
 
 
@@ -118,6 +132,7 @@ def _diff(before: str, after: str, name: str) -> str:
               help="KubeVirt VirtualMachine(Instance) manifest or vmhealth spec, YAML or "
                    "JSON; '-' reads stdin.")
 @click.option("--dry-run", is_flag=True, help="Print the XML diff; change nothing.")
+@connect_option
 @pass_context
 def apply(ctx: Context, domain: str, source: str, dry_run: bool) -> None:
     """Store a health spec in DOMAIN's definition and add its watchdog device.
@@ -173,6 +188,7 @@ def apply(ctx: Context, domain: str, source: str, dry_run: bool) -> None:
 @click.argument("domain")
 @click.option("-o", "--output", type=click.Choice(["yaml", "json"]), default="yaml",
               show_default=True)
+@connect_option
 @pass_context
 def show(ctx: Context, domain: str, output: str) -> None:
     """Print DOMAIN's health spec, defaults spelled out."""
@@ -194,6 +210,7 @@ def show(ctx: Context, domain: str, output: str) -> None:
 
 @main.command()
 @click.argument("domain")
+@connect_option
 @pass_context
 def remove(ctx: Context, domain: str) -> None:
     """Remove DOMAIN's health spec and undo vmhealth's device changes."""

@@ -115,3 +115,10 @@ def test_unreachable_libvirt_exits_1():
 def test_help_explains_examples():
     result = CliRunner().invoke(main, ["apply", "--help"])
     assert result.exit_code == 0 and "kubectl get vmi web1 -o yaml" in result.output
+
+
+def test_connect_after_the_subcommand():
+    result = CliRunner().invoke(main, ["show", "web1", "--connect",
+                                       "test:///nonexistent/driver.xml"])
+    assert result.exit_code == 1
+    assert "cannot connect to libvirt at test:///nonexistent/driver.xml" in result.output
