@@ -71,7 +71,7 @@ def _yes_no(value: bool | None) -> str:
 
 
 def _print_domain(entry: dict[str, Any]) -> None:
-    click.echo(f"{entry['name']} ({entry['uuid']}): state {entry['state']}, "
+    click.echo(f"{entry['name']} ({entry['uuid']}): state {entry.get('state', 'unknown')}, "
                f"ready {_yes_no(entry['ready'])}, live {_yes_no(entry['live'])}")
     if entry.get("suppressed"):
         click.echo(f"  failures not counted: domain is {entry['suppressed']}")

@@ -18,9 +18,12 @@ from vmhealth.monitor.interfaces import Outcome, ProbeResult
 from vmhealth.monitor.metrics import Metrics
 from vmhealth.spec import ProbeKind
 
-READY = {"name": "web1", "uuid": "u-1", "ready": True, "live": True, "probes": {}}
-NOT_READY = {"name": "web2", "uuid": "u-2", "ready": False, "live": True,
-             "probes": {"readiness": {"healthy": False, "reason": "connection refused"}}}
+READY = {"name": "web1", "uuid": "u-1", "state": "running", "suppressed": None,
+         "ready": True, "live": True, "probes": {}}
+NOT_READY = {"name": "web2", "uuid": "u-2", "state": "paused", "suppressed": "paused by the user",
+             "ready": False, "live": True,
+             "probes": {"readiness": {"healthy": False, "reason": "connection refused",
+                                      "since": 0}}}
 
 
 class FakeSource:
@@ -157,3 +160,29 @@ def test_stale_socket_from_a_killed_daemon_is_replaced(tmp_path: Path):
     finally:
         srv.close()
     assert not path.exists()
+
+
+def test_cli_status_wait_probe_and_events(server):
+    from click.testing import CliRunner
+
+    from vmhealth.cli import main
+
+    server.record("web1", "Watchdog", "watchdog fired; action poweroff", action="poweroff")
+    runner = CliRunner()
+
+    def cli(*args):
+        return runner.invoke(main, [*args, "--socket", server.api.socket_path])
+
+    everything = cli("status")
+    assert everything.exit_code == 0
+    assert "web2 (u-2): state paused, ready no, live yes" in everything.output
+    assert "failures not counted: domain is paused by the user" in everything.output
+    assert cli("status", "web1").exit_code == 0
+    assert cli("status", "web2").exit_code == 1  # for Pacemaker's monitor_scripts
+    assert "watchdog fired; action poweroff" in cli("events").output
+    waited = cli("wait", "web2", "--for", "ready", "--timeout", "1s")
+    assert waited.exit_code == 1
+    assert "not ready after 1s (readiness: connection refused)" in waited.output
+    assert cli("wait", "web1", "--for", "live", "--timeout", "1s").exit_code == 0
+    probed = cli("probe", "web2", "readiness")
+    assert probed.exit_code == 1 and "failure in 500 ms: exit code 1" in probed.output
