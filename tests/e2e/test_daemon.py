@@ -8,6 +8,7 @@ Probe periods are 1 s so the suite stays fast.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pathlib import Path
 import libvirt
 import pytest
 
+from tests.e2e.harness import agent as harness_agent
 from tests.e2e.harness.waiting import wait_until
 from vmhealth.domainxml import apply_spec
 from vmhealth.monitor.client import ApiClient, ApiError
@@ -87,6 +89,11 @@ class DaemonProcess:
         return self.client.status(domain)
 
 
+def _run_id(guest) -> int:
+    """The domain's current id (a virDomain object keeps the id it was looked up with)."""
+    return guest.dom.connect().lookupByUUIDString(guest.dom.UUIDString()).ID()
+
+
 def _with_spec(guest, spec: dict) -> None:
     """Store the spec in the persistent definition (as `vmhealth apply` does)."""
     xml = guest.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
@@ -103,8 +110,10 @@ def _restart_with_spec(guest, spec: dict) -> None:
 
 
 @pytest.fixture(scope="module")
-def daemon(sandbox, tmp_path_factory):
-    proc = DaemonProcess(tmp_path_factory.mktemp("daemon"), sandbox.uri)
+def daemon(sandbox):
+    workdir = sandbox.log_dir / "daemon"  # kept with the run's other logs
+    workdir.mkdir(exist_ok=True)
+    proc = DaemonProcess(workdir, sandbox.uri)
     proc.start()
     yield proc
     if proc.process is not None and proc.process.poll() is None:
@@ -183,8 +192,10 @@ def test_ping_readiness_follows_the_agent(daemon, guests):
     pid = agent.service_pid("qemu-ga")
     # Stop qemu-ga for 12 s, then let it run again: a child of the agent does both, so
     # nobody needs the (stopped) agent to bring it back.
-    agent.exec("sh", "-c", 'kill -STOP "$1"; sleep 12; kill -CONT "$1"', "sh", str(pid),
-               timeout=5)
+    # Started, not waited for: the agent that would report its exit is stopped.
+    harness_agent.command(agent.dom, "guest-exec", {
+        "path": "sh", "arg": ["-c", 'kill -STOP "$1"; sleep 12; kill -CONT "$1"', "sh",
+                              str(pid)]})
     _wait_status(daemon, "dmn-agent", "not ready while qemu-ga is stopped",
                  lambda e: not e["ready"], timeout=15)
     _wait_status(daemon, "dmn-agent", "ready again", lambda e: e["ready"], timeout=40)
@@ -194,12 +205,12 @@ def test_ping_liveness_does_not_restart_a_user_paused_domain(daemon, guests):
     paused = guests["paused"]
     _wait_status(daemon, "dmn-paused", "adopted", lambda e: e["state"] == "running")
     paused.wait_for_agent(timeout=BOOT_TIMEOUT)
-    run_id = paused.dom.ID()
+    run_id = _run_id(paused)
     paused.dom.suspend()
     _wait_status(daemon, "dmn-paused", "suppressed",
                  lambda e: e["suppressed"] == "paused by the user", timeout=10)
     time.sleep(6)  # 6 periods of failureThreshold 2: it would have been restarted
-    assert paused.dom.ID() == run_id
+    assert _run_id(paused) == run_id
     assert paused.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
     paused.dom.resume()
     _wait_status(daemon, "dmn-paused", "live again", lambda e: e["live"] and not
@@ -219,11 +230,15 @@ def test_watchdog_event_is_recorded(daemon, guests, recorder):
 def test_http_liveness_restarts_within_its_bound(daemon, guests, recorder):
     web = guests["web"]
     _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
-    run_id = web.dom.ID()
-    web.kill_service("httpd")
+    run_id = _run_id(web)
+    web.kill_service("httpd", "KILL")
     killed = time.monotonic()
-    wait_until(lambda: web.dom.ID() != run_id or not web.dom.isActive(), timeout=30,
-               what="dmn-web to be restarted", interval=0.1)
+    try:
+        wait_until(lambda: not web.dom.isActive() or _run_id(web) != run_id, timeout=30,
+                   what="dmn-web to be restarted", interval=0.1)
+    except AssertionError:
+        print(json.dumps(daemon.status("dmn-web"), indent=1))
+        raise
     took = time.monotonic() - killed
     bound = 1 * 2 + 1 + 2  # periodSeconds x failureThreshold + timeoutSeconds + 2 s
     print(f"liveness restart began {took:.1f}s after httpd was killed (bound {bound}s)")
@@ -234,11 +249,11 @@ def test_http_liveness_restarts_within_its_bound(daemon, guests, recorder):
 def test_daemon_killed_and_restarted_resumes_without_restarting(daemon, guests):
     web = guests["web"]
     _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
-    run_id = web.dom.ID()
+    run_id = _run_id(web)
     daemon.kill(signal.SIGKILL)
     daemon.start()
     _wait_status(daemon, "dmn-web", "ready after the daemon restart", lambda e: e["ready"],
                  timeout=30)
     time.sleep(5)
-    assert web.dom.ID() == run_id
+    assert _run_id(web) == run_id
     assert daemon.status("dmn-web")["live"]
