@@ -4,16 +4,17 @@ The spec lives in one element in our own namespace under `<metadata>`::
 
     <metadata>
       <vmhealth:health xmlns:vmhealth="https://vmhealth.dev/xmlns/health/1" version="1">
-        <spec>{"livenessProbe": {...}, ...}</spec>
-        <undo>
-          <added model="i6300esb"/>
-          <action model="ib700" original="reset"/>
-        </undo>
+        <vmhealth:spec>{"livenessProbe": {...}, ...}</vmhealth:spec>
+        <vmhealth:undo>
+          <vmhealth:added model="i6300esb"/>
+          <vmhealth:action model="ib700" original="reset"/>
+        </vmhealth:undo>
       </vmhealth:health>
 
-Only the root element is in our namespace, its children in none: that is the shape
-libvirt's virDomainSetMetadata gives an element, so the persistent definition
-(written with defineXML) and the live metadata (setMetadata) read the same way.
+Every element is in our namespace: that is also the shape libvirt gives the live
+metadata after virDomainSetMetadata (it puts the whole subtree in the namespace), so
+the persistent definition and the live metadata read the same way. Readers also
+accept children in no namespace, for hand-written definitions.
     </metadata>
 
 The spec is JSON inside the element: one exact, lossless encoding that the hook can
@@ -33,16 +34,31 @@ from dataclasses import dataclass, field
 
 from lxml import etree
 
-from vmhealth.metadata import FORMAT_VERSION, NAMESPACE, PREFIX, MetadataError, spec_from_metadata
+from vmhealth.metadata import (
+    FORMAT_VERSION,
+    NAMESPACE,
+    PREFIX,
+    MetadataError,
+    spec_data_from_metadata,
+    spec_from_metadata,
+)
 from vmhealth.spec import HealthSpec, Watchdog, WatchdogModel, spec_to_dict
 from vmhealth.xmlsafe import XmlError, parse_xml, to_string
 
 __all__ = ["FORMAT_VERSION", "NAMESPACE", "PREFIX", "Edit", "apply_spec", "remove_spec",
-           "read_spec", "is_applied", "health_element", "normalise", "parse_domain"]
+           "read_spec", "read_spec_data_from_root", "is_applied", "health_element",
+           "normalise", "parse_domain"]
 
 
 def _q(tag: str) -> str:
     return f"{{{NAMESPACE}}}{tag}"
+
+
+def _child(parent: etree._Element, tag: str) -> etree._Element | None:
+    """Our child element `tag`, in our namespace (as vmhealth and libvirt's
+    setMetadata write it) or in none (as a hand-written definition may have it)."""
+    found = parent.find(_q(tag))
+    return found if found is not None else parent.find(tag)
 
 
 @dataclass
@@ -73,7 +89,7 @@ def read_spec_from_root(root: etree._Element) -> HealthSpec | None:
 
 
 def _spec_of(health: etree._Element) -> HealthSpec:
-    spec_el = health.find("spec")
+    spec_el = _child(health, "spec")
     try:
         return spec_from_metadata(health.get("version"),
                                   spec_el.text if spec_el is not None else None)
@@ -81,15 +97,30 @@ def _spec_of(health: etree._Element) -> HealthSpec:
         raise XmlError(str(exc)) from None
 
 
+def read_spec_data_from_root(root: etree._Element) -> dict | None:
+    """The stored spec's serialised form, not validated (None when there is none): for
+    callers that merge defaults before parsing. Raises XmlError on a broken element."""
+    health = find_health(root)
+    if health is None:
+        return None
+    spec_el = _child(health, "spec")
+    try:
+        return spec_data_from_metadata(health.get("version"),
+                                       spec_el.text if spec_el is not None else None)
+    except MetadataError as exc:
+        raise XmlError(str(exc)) from None
+
+
 def health_element(xml: str | bytes) -> str:
-    """Our <health> element, without namespace, as virDomainSetMetadata wants it (libvirt
-    puts it in the namespace itself)."""
+    """Our <health> element without namespace, as virDomainSetMetadata wants it (libvirt
+    puts the element and all its children in the namespace itself)."""
     health = find_health(parse_xml(xml))
     if health is None:
         raise XmlError("no vmhealth metadata in the document")
     plain = copy.deepcopy(health)
-    plain.tag = "health"
     plain.tail = None
+    for element in plain.iter():
+        element.tag = etree.QName(element).localname
     etree.cleanup_namespaces(plain)
     return to_string(plain)
 
@@ -188,7 +219,7 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit, *,
     if devices is None:
         devices = etree.Element("devices")
         _append(root, devices)
-        undo.append(etree.Element("created-devices"))
+        undo.append(etree.Element(_q("created-devices")))
     action = watchdog.action.value
     existing = devices.findall("watchdog")
     others = [dev.get("model", "?") for dev in existing if dev.get("model") != watchdog.model.value]
@@ -200,7 +231,7 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit, *,
     if not any(dev.get("model") == watchdog.model.value for dev in existing):
         device = etree.Element("watchdog", model=watchdog.model.value, action=action)
         _append(devices, device)
-        undo.append(etree.Element("added", model=watchdog.model.value))
+        undo.append(etree.Element(_q("added"), model=watchdog.model.value))
         edit.changes.append(f"added a {watchdog.model.value} watchdog with action {action}")
         edit.devices_changed = True
     for device in existing:
@@ -209,7 +240,7 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit, *,
             continue
         model = device.get("model", "")
         device.set("action", action)
-        undo.append(etree.Element("action", model=model, original=original))
+        undo.append(etree.Element(_q("action"), model=model, original=original))
         why = "" if model == watchdog.model.value else \
             " (libvirt requires every watchdog of a domain to share one action)"
         edit.changes.append(f"changed the {model} watchdog's action from {original} to "
@@ -220,7 +251,7 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit, *,
 
 def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> None:
     """Reverse what an earlier apply recorded in <vmhealth:undo>."""
-    undo = health.find("undo")
+    undo = _child(health, "undo")
     if undo is None:
         return
     devices = root.find("devices")
@@ -230,21 +261,22 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
         if not isinstance(record.tag, str) or devices is None:
             continue
         model = record.get("model")
-        if record.tag == "added":
+        kind = etree.QName(record).localname
+        if kind == "added":
             for device in devices.findall("watchdog"):
                 if device.get("model") == model:
                     _remove(device)
                     edit.changes.append(f"removed the {model} watchdog vmhealth had added")
                     edit.devices_changed = True
                     break
-        elif record.tag == "action":
+        elif kind == "action":
             for device in devices.findall("watchdog"):
                 if device.get("model") == model:
                     device.set("action", record.get("original", "reset"))
                     edit.changes.append(f"restored the {model} watchdog's action to "
                                         f"{record.get('original')}")
                     edit.devices_changed = True
-        elif record.tag == "created-devices" and len(devices) == 0:
+        elif kind == "created-devices" and len(devices) == 0:
             _remove(devices)
             devices = None
 
@@ -256,7 +288,8 @@ def _strip(root: etree._Element, edit: Edit) -> bool:
         return False
     _undo_changes(root, health, edit)
     metadata = health.getparent()
-    created_metadata = health.find("undo/created-metadata") is not None
+    undo = _child(health, "undo")
+    created_metadata = undo is not None and _child(undo, "created-metadata") is not None
     _remove(health)
     if created_metadata and len(metadata) == 0:
         _remove(metadata)
@@ -324,17 +357,17 @@ def apply_spec(xml: str | bytes, spec: HealthSpec, *, allow_multiple_watchdogs: 
     metadata = root.find("metadata")
     if metadata is None:
         metadata = _create_metadata(root)
-        undo_records.append(etree.Element("created-metadata"))
+        undo_records.append(etree.Element(_q("created-metadata")))
     health = etree.Element(_q("health"), nsmap={PREFIX: NAMESPACE}, version=FORMAT_VERSION)
     _append(metadata, health)
-    spec_el = etree.Element("spec")
+    spec_el = etree.Element(_q("spec"))
     spec_el.text = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
     _append(health, spec_el)
     if spec.watchdog is not None:
         undo_records += _apply_watchdog(root, spec.watchdog, edit,
                                         allow_multiple=allow_multiple_watchdogs)
     if undo_records:
-        undo = etree.Element("undo")
+        undo = etree.Element(_q("undo"))
         _append(health, undo)
         for record in undo_records:
             _append(undo, record)

@@ -20,12 +20,9 @@ class MetadataError(ValueError):
     """The vmhealth element is present but unreadable (version, missing spec, JSON)."""
 
 
-def spec_from_metadata(version: str | None, text: str | None):
-    """The HealthSpec encoded in our element's `version` attribute and <spec> text.
-
-    Raises MetadataError, or vmhealth.spec.SpecError naming the field under
-    `metadata.spec`.
-    """
+def spec_data_from_metadata(version: str | None, text: str | None) -> dict:
+    """The spec's serialised form (a dict, not yet validated) from our element's
+    `version` attribute and <spec> text; raises MetadataError."""
     if version != FORMAT_VERSION:
         raise MetadataError(f"vmhealth metadata has version {version!r}; this vmhealth reads "
                             f"version {FORMAT_VERSION} (upgrade vmhealth or re-apply the spec)")
@@ -33,10 +30,21 @@ def spec_from_metadata(version: str | None, text: str | None):
         raise MetadataError("vmhealth metadata has no <spec> element")
     import json
 
-    from vmhealth.spec import parse_spec
-
     try:
         data = json.loads(text)
     except ValueError as exc:
         raise MetadataError(f"vmhealth metadata spec is not valid JSON: {exc}") from None
-    return parse_spec(data, "metadata.spec")
+    if not isinstance(data, dict):
+        raise MetadataError("vmhealth metadata spec is not a JSON object")
+    return data
+
+
+def spec_from_metadata(version: str | None, text: str | None):
+    """The HealthSpec encoded in our element's `version` attribute and <spec> text.
+
+    Raises MetadataError, or vmhealth.spec.SpecError naming the field under
+    `metadata.spec`.
+    """
+    from vmhealth.spec import parse_spec
+
+    return parse_spec(spec_data_from_metadata(version, text), "metadata.spec")

@@ -22,9 +22,9 @@ NAMESPACE_BYTES = NAMESPACE.encode("ascii")
 
 _SEP = " "  # expat joins namespace URI and local name with this; URIs have no spaces
 _HEALTH = f"{NAMESPACE}{_SEP}health"
-# The children of <vmhealth:health> are in no namespace: the shape libvirt's
-# virDomainSetMetadata gives an element (see vmhealth.domainxml).
-_SPEC = "spec"
+# <spec> is in our namespace as vmhealth and libvirt's setMetadata write it, or in
+# none in a hand-written definition (see vmhealth.domainxml); accept both.
+_SPEC = ("spec", f"{NAMESPACE}{_SEP}spec")
 _HEX = frozenset("0123456789abcdef")
 _UUID_GROUPS = (8, 4, 4, 4, 12)
 
@@ -106,7 +106,7 @@ class _Reader:
             if self.facts.has_health:
                 raise ScanError("the domain has more than one vmhealth:health element")
             self.facts.health_version = attrs.get("version", "")
-        elif depth == 4 and name == _SPEC and path[2] == _HEALTH and path[1] == "metadata":
+        elif depth == 4 and name in _SPEC and path[2] == _HEALTH and path[1] == "metadata":
             self.text = []
         elif depth == 3 and name == "watchdog" and path[1] == "devices":
             self.facts.watchdogs.append(WatchdogDevice(

@@ -9,13 +9,11 @@ defaults from the config fill fields a stored spec leaves out.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import libvirt
-from lxml import etree
 
-from vmhealth.domainxml import find_health, read_spec_from_root
+from vmhealth.domainxml import read_spec_data_from_root, read_spec_from_root
 from vmhealth.monitor.config import with_spec_defaults
 from vmhealth.spec import HealthSpec, SpecError, parse_spec
 from vmhealth.xmlsafe import XmlError, parse_xml
@@ -28,22 +26,14 @@ class InvalidSpec(Exception):
 def spec_from_xml(xml: str, defaults: dict[str, Any] | None = None) -> HealthSpec | None:
     try:
         root = parse_xml(xml)
-        spec = read_spec_from_root(root)  # validates the format version and the spec
-        if spec is None or not defaults:
-            return spec
-        data = json.loads(_spec_text(find_health(root)))
+        if not defaults:
+            return read_spec_from_root(root)  # validates the format version and the spec
+        data = read_spec_data_from_root(root)
+        if data is None:
+            return None
         return parse_spec(with_spec_defaults(data, defaults), "metadata.spec")
     except (XmlError, SpecError) as exc:
         raise InvalidSpec(str(exc)) from None
-
-
-def _spec_text(health: etree._Element) -> str:
-    # read_spec_from_root has validated the element; only its JSON text is needed here
-    # (matched by local name, whichever namespace the format version gives it).
-    for child in health:
-        if isinstance(child.tag, str) and etree.QName(child).localname == "spec":
-            return child.text or ""
-    raise InvalidSpec("vmhealth metadata has no spec element")
 
 
 def domain_spec(dom: libvirt.virDomain, defaults: dict[str, Any] | None = None
