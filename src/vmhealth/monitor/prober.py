@@ -1,7 +1,7 @@
 """The per-domain probe state machine and scheduler.
 
 One `DomainProber` per monitored domain run; one asyncio task per configured probe
-kind. Semantics follow /work/shared/reference/probe-semantics.md ("State machine"),
+kind. Semantics follow kubelet/KubeVirt (docs/probes.md) ("State machine"),
 which is kubelet's prober worker:
 
 - initial states: readiness not ready until its first success, liveness alive,

@@ -1,6 +1,6 @@
 """Probe handlers: one module per handler, `run_probe` picks the right one.
 
-Each handler reproduces /work/shared/reference/probe-semantics.md ("Handlers") and
+Each handler reproduces kubelet/KubeVirt (docs/probes.md) ("Handlers") and
 reaches the guest only through GuestAccess (see vmhealth.monitor.interfaces).
 """
 

@@ -1,6 +1,6 @@
 """exec probe: run a command in the guest through qemu-guest-agent.
 
-Semantics: /work/shared/reference/probe-semantics.md, "Handlers" (exec, as KubeVirt
+Semantics: kubelet/KubeVirt (docs/probes.md), "Handlers" (exec, as KubeVirt
 runs it): `guest-exec {path, arg, capture-output: true}`, then poll
 `guest-exec-status {pid}` until `exited` or timeoutSeconds; exit code 0 = success;
 output (base64 in the agent's answer) decoded and capped at 10 KiB. Commands are
@@ -43,8 +43,8 @@ MAX_POLL_SECONDS = 0.5
 BLOCKED_FIX = ("guest-exec is blocked by the guest agent's RPC filter; allow it by running "
                "`vmhealth guest setup` in the guest, or remove guest-exec and "
                "guest-exec-status from the block list (allow-rpcs/block-rpcs) in the "
-               "distribution's qemu-ga config (/etc/sysconfig/qemu-ga on RHEL-like "
-               "guests, /etc/default/qemu-guest-agent on Debian-like ones), then restart "
+               "file the guest's qemu-guest-agent unit reads (/etc/sysconfig/qemu-ga on "
+               "RHEL and Fedora; `systemctl cat qemu-guest-agent` shows it), then restart "
                "qemu-guest-agent")
 
 

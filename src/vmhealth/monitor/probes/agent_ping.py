@@ -1,6 +1,6 @@
 """guestAgentPing probe: `guest-ping` through the daemon's GuestAccess, within timeoutSeconds.
 
-Semantics: /work/shared/reference/probe-semantics.md, "Handlers" (guestAgentPing, as
+Semantics: kubelet/KubeVirt (docs/probes.md), "Handlers" (guestAgentPing, as
 KubeVirt runs it through libvirt's qemuAgentCommand). Unlike the other handlers, an
 agent that is not connected or does not answer is this probe's clean negative answer
 (FAILURE), not an ERROR: it is exactly what the probe exists to notice (KubeVirt's

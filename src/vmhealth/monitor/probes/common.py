@@ -1,6 +1,6 @@
 """What every probe handler shares: result construction, deadlines, guest targets.
 
-Semantics follow /work/shared/reference/probe-semantics.md ("Handlers", "Outcomes"):
+Semantics follow kubelet/KubeVirt (docs/probes.md) ("Handlers", "Outcomes"):
 a probe that could not be run at all is an ERROR (retried by the prober, never
 counted); a clean negative answer is a FAILURE.
 """

@@ -1,6 +1,6 @@
 """httpGet probe over asyncio transports, with httptools (llhttp) parsing the response.
 
-Semantics: /work/shared/reference/probe-semantics.md, "Handlers" (httpGet), as kubelet
+Semantics: kubelet/KubeVirt (docs/probes.md), "Handlers" (httpGet), as kubelet
 implements them: scheme HTTP or HTTPS (certificate not verified); host = the spec's
 host, else the guest's addresses tried in order; path, headers (a `Host` header
 overrides the request host); `User-Agent: vmhealth/<version>` and `Accept: */*`

@@ -1,6 +1,6 @@
 """tcpSocket probe: connect within timeoutSeconds, then close; success = connected.
 
-Semantics: /work/shared/reference/probe-semantics.md, "Handlers" (tcpSocket). The
+Semantics: kubelet/KubeVirt (docs/probes.md), "Handlers" (tcpSocket). The
 host is the spec's host, else the guest's addresses (IPv4 and IPv6) tried in order,
 all within one timeoutSeconds.
 """
