@@ -101,9 +101,8 @@ def _with_spec(guest, spec: dict) -> None:
 
 
 def _restart_with_spec(guest, spec: dict) -> None:
-    """A new spec for the next run. (Changing the running domain's metadata in place is
-    what `vmhealth apply` does, but libvirt returns it namespaced and read_spec does not
-    read that yet: reported to the lead.)"""
+    """A new spec for the next run: a fresh domain run, so the probes start from their
+    initial state (`vmhealth apply` in place is test_apply_to_a_running_domain_...)."""
     guest.dom.destroy()
     _with_spec(guest, spec)
     guest.start()
@@ -257,3 +256,51 @@ def test_daemon_killed_and_restarted_resumes_without_restarting(daemon, guests):
     time.sleep(5)
     assert _run_id(web) == run_id
     assert daemon.status("dmn-web")["live"]
+
+
+def _write_spec(tmp_path: Path, spec: dict) -> str:
+    path = tmp_path / "spec.json"
+    path.write_text(json.dumps(spec))
+    return str(path)
+
+
+def test_apply_to_a_running_domain_takes_effect_without_a_restart(daemon, guests, sandbox,
+                                                                   tmp_path):
+    """`vmhealth apply` on a running domain updates its live metadata; the daemon follows
+    at once (libvirt's metadata-change event), with no restart of the guest."""
+    agent = guests["agent"]
+    ready_spec = {"readinessProbe": {"exec": {"command": ["cat", "/tmp/healthy.txt"]},
+                                     **FAST}}
+    applied = daemon.cli("--connect", sandbox.uri, "apply", "dmn-agent", "-f",
+                         _write_spec(tmp_path, ready_spec))
+    assert applied.returncode == 0, applied.stderr
+    assert "updated the running domain's metadata" in applied.stdout
+    _wait_status(daemon, "dmn-agent", "ready by exec cat", lambda e: e["ready"])
+    run_id = _run_id(agent)
+
+    failing = {"readinessProbe": {"exec": {"command": ["false"]}, **FAST}}
+    applied = daemon.cli("--connect", sandbox.uri, "apply", "dmn-agent", "-f",
+                         _write_spec(tmp_path, failing))
+    assert applied.returncode == 0, applied.stderr
+    _wait_status(daemon, "dmn-agent", "not ready by exec false", lambda e: not e["ready"],
+                 timeout=20)
+    assert _run_id(agent) == run_id
+
+
+def test_libvirtd_restart_keeps_monitoring(daemon, guests, restart_libvirtd):
+    """libvirtd restarts under running domains: the daemon reconnects, re-adopts and keeps
+    probing the same runs without acting on them."""
+    web = guests["web"]
+    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    run_id = _run_id(web)
+    restarted_at = time.time()
+    restart_libvirtd()
+    wait_until(lambda: daemon.client.status()["libvirtConnected"], timeout=60,
+               what="the daemon to reconnect to the restarted libvirtd", interval=0.3)
+    _wait_status(daemon, "dmn-web", "probed after the restart",
+                 lambda e: e["probes"]["readiness"].get("lastResult", {}).get("time", 0)
+                 > restarted_at + 1 and e["ready"], timeout=60)
+    assert _run_id(web) == run_id
+    assert daemon.status("dmn-web")["live"]
+    events = daemon.cli("events").stdout
+    assert "LibvirtReconnected" in events or "LibvirtDisconnected" in events, events
