@@ -171,14 +171,7 @@ def apply(ctx: Context, domain: str, source: str, dry_run: bool) -> None:
         for change in edit.changes:
             click.echo(f"{domain}: would have {change}")
         return
-    try:
-        define(conn, edit.xml)
-    except LibvirtError as exc:
-        raise Failure(f"{domain}: {exc}") from None
-    for change in edit.changes:
-        click.echo(f"{domain}: {change}")
-    if dom.isActive():
-        _set_live_metadata(dom, domain, health_element(edit.xml))
+    _define_and_report(conn, dom, domain, edit, health_element(edit.xml))
     if dom.isActive() and edit.devices_changed:
         click.echo(f"{domain}: the domain is running; the watchdog change takes effect at "
                    "its next boot (a full shutdown and start, not a reboot)")
@@ -222,6 +215,12 @@ def remove(ctx: Context, domain: str) -> None:
     if edit is None:
         click.echo(f"{domain}: no vmhealth spec; nothing to remove")
         return
+    _define_and_report(conn, dom, domain, edit, None)
+
+
+def _define_and_report(conn, dom, domain: str, edit, live_element: str | None) -> None:
+    """Write the new persistent definition (once), say what changed, and mirror the
+    spec (or its absence) into a running domain's live metadata."""
     try:
         define(conn, edit.xml)
     except LibvirtError as exc:
@@ -229,7 +228,7 @@ def remove(ctx: Context, domain: str) -> None:
     for change in edit.changes:
         click.echo(f"{domain}: {change}")
     if dom.isActive():
-        _set_live_metadata(dom, domain, None)
+        _set_live_metadata(dom, domain, live_element)
 
 
 def _set_live_metadata(dom, domain: str, element: str | None) -> None:

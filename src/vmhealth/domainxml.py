@@ -88,27 +88,24 @@ def read_spec_from_root(root: etree._Element) -> HealthSpec | None:
     return _spec_of(health)
 
 
-def _spec_of(health: etree._Element) -> HealthSpec:
+def _decode(health: etree._Element, decoder):
+    """Run a vmhealth.metadata decoder on our element's version and <spec> text."""
     spec_el = _child(health, "spec")
     try:
-        return spec_from_metadata(health.get("version"),
-                                  spec_el.text if spec_el is not None else None)
+        return decoder(health.get("version"), spec_el.text if spec_el is not None else None)
     except MetadataError as exc:
         raise XmlError(str(exc)) from None
+
+
+def _spec_of(health: etree._Element) -> HealthSpec:
+    return _decode(health, spec_from_metadata)
 
 
 def read_spec_data_from_root(root: etree._Element) -> dict | None:
     """The stored spec's serialised form, not validated (None when there is none): for
     callers that merge defaults before parsing. Raises XmlError on a broken element."""
     health = find_health(root)
-    if health is None:
-        return None
-    spec_el = _child(health, "spec")
-    try:
-        return spec_data_from_metadata(health.get("version"),
-                                       spec_el.text if spec_el is not None else None)
-    except MetadataError as exc:
-        raise XmlError(str(exc)) from None
+    return None if health is None else _decode(health, spec_data_from_metadata)
 
 
 def health_element(xml: str | bytes) -> str:
