@@ -14,6 +14,8 @@ FORMAT_VERSION = "1"
 # libvirt's own limit for a domain XML document (VIR_DOMAIN_XML_MAX, 10 MiB); anything
 # larger is not a domain definition.
 MAX_DOMAIN_XML_BYTES = 10 * 1024 * 1024
+# Where a spec error in the metadata points: metadata.spec.livenessProbe...
+SPEC_PATH = "metadata.spec"
 
 
 class MetadataError(ValueError):
@@ -28,15 +30,27 @@ def spec_data_from_metadata(version: str | None, text: str | None) -> dict:
                             f"version {FORMAT_VERSION} (upgrade vmhealth or re-apply the spec)")
     if not (text or "").strip():
         raise MetadataError("vmhealth metadata has no <spec> element")
-    import json
+    # json.loads' decoder without importing json (which the hook cannot afford).
+    from vmhealth.jsontext import loads
 
     try:
-        data = json.loads(text)
+        data = loads(text)
     except ValueError as exc:
         raise MetadataError(f"vmhealth metadata spec is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise MetadataError("vmhealth metadata spec is not a JSON object")
     return data
+
+
+def checked_spec_data_from_metadata(version: str | None, text: str | None) -> dict:
+    """The spec as vmhealth.spec_rules.check_spec returns it (plain, checked data):
+    what the hook uses, as it cannot afford the typed model's imports.
+
+    Raises MetadataError, or SpecError naming the field under `metadata.spec`.
+    """
+    from vmhealth.spec_rules import check_spec
+
+    return check_spec(spec_data_from_metadata(version, text), SPEC_PATH)
 
 
 def spec_from_metadata(version: str | None, text: str | None):
@@ -45,6 +59,6 @@ def spec_from_metadata(version: str | None, text: str | None):
     Raises MetadataError, or vmhealth.spec.SpecError naming the field under
     `metadata.spec`.
     """
-    from vmhealth.spec import parse_spec
+    from vmhealth.spec import spec_from_checked
 
-    return parse_spec(spec_data_from_metadata(version, text), "metadata.spec")
+    return spec_from_checked(checked_spec_data_from_metadata(version, text))

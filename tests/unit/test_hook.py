@@ -461,23 +461,30 @@ import io, sys
 sys.path.insert(0, {src!r})
 from vmhealth.hook.main import main
 code = main(["h", "web1", {op!r}, "begin", "-"], io.BytesIO(sys.stdin.buffer.read()),
-            io.BytesIO(), io.StringIO(), spool_dir={spool!r})
+            io.BytesIO(), io.StringIO(), spool_dir={spool!r}, config_dir={config!r})
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in
-               ("lxml", "json", "dataclasses", "click", "yaml", "libvirt", "vmhealth.spec",
-                "inspect", "typing", "re", "enum"))
+               ("lxml", "json", "dataclasses", "click", "yaml", "libvirt", "inspect",
+                "typing", "re", "enum") or m in ("vmhealth.spec", "vmhealth.domainxml"))
 print(code, heavy)
 """
 
 
-@pytest.mark.parametrize("op,xml", [("prepare", PLAIN), ("started", WITH_SPEC),
-                                    ("stopped", WITH_SPEC), ("release", PLAIN),
-                                    ("restore", PLAIN)])
-def test_the_hot_path_imports_nothing_heavy(tmp_path, op, xml):
+@pytest.mark.parametrize("op,xml,cached", [
+    ("prepare", PLAIN, False),
+    ("prepare", WITH_SPEC, True),  # cached verdict: the usual case for a known spec
+    ("prepare", WITH_SPEC, False),  # first check: rules and JSON, still no heavy import
+    ("started", WITH_SPEC, False),
+    ("stopped", WITH_SPEC, False),
+    ("release", PLAIN, False),
+    ("restore", PLAIN, False),
+    ("restore", (DATA / "restore-action-changed-in.xml").read_text(), False),
+])
+def test_the_hot_path_imports_nothing_heavy(tmp_path, op, xml, cached):
     spool_path = str(tmp_path / "spool")
-    if op == "prepare":  # cached verdict: the usual case for a domain with a spec
-        run_hook(Path(spool_path), "prepare", WITH_SPEC)
+    if cached:
+        run_hook(Path(spool_path), "prepare", xml)
     probe = IMPORT_PROBE.format(src=str(Path(vmhealth.__file__).parents[1]), op=op,
-                                spool=spool_path)
+                                spool=spool_path, config=str(tmp_path / "qemu"))
     done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], input=xml.encode(),
                           capture_output=True, timeout=60, check=True)
     assert done.stdout.decode().strip() == "0 []"

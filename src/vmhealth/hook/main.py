@@ -151,14 +151,14 @@ def align_watchdog(run: Invocation) -> int:
     except validate.InvalidSpec as exc:
         run.say(f"{run.operation}: watchdog left as it is, the health spec is invalid: {exc}")
         return EXIT_OK
-    if spec is None or spec.watchdog is None:
+    if spec is None or spec["watchdog"] is None:
         return EXIT_OK
-    wanted = spec.watchdog
-    result = align(run.data, facts, wanted.model.value, wanted.action.value)
+    model, action = spec["watchdog"]["model"], spec["watchdog"]["action"]
+    result = align(run.data, facts, model, action)
     for change in result.changes:
         run.say(f"{run.operation}: {change}")
     if result.missing_model is not None:
-        _record_pending_watchdog(run, uuid, wanted.model.value, wanted.action.value)
+        _record_pending_watchdog(run, uuid, model, action)
     else:
         spool.remove(run.spool_dir, uuid, (spool.PENDING_WATCHDOG_SUFFIX,))
     if result.xml is not None:

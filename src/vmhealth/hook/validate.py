@@ -1,13 +1,15 @@
 """prepare's check of the vmhealth metadata, cached per domain.
 
-The check itself is vmhealth.metadata.spec_from_metadata on what hook.scan found, the
-same decoding `vmhealth apply` (through domainxml) and the daemon use, so the hook's
-verdict and message never differ from theirs. It needs the spec model and json
-(standard library, yet several milliseconds to import), so the hook remembers, per
-domain UUID, the exact metadata it last accepted under this vmhealth version: a domain
-started again with the same spec costs a file read and a comparison. A changed spec,
-a new vmhealth version or a reboot of the host (the cache is on /run) means a full
-check again.
+The check itself is vmhealth.metadata.checked_spec_data_from_metadata on what
+hook.scan found: the decoding and the rules (vmhealth.spec_rules) that
+vmhealth.spec.parse_spec, and so `vmhealth apply` (through domainxml) and the daemon,
+are built on, so the hook's verdict and message never differ from theirs. It skips
+only the typed model (dataclasses, enum, typing: three times a bare interpreter start
+to import) and decodes JSON without importing json (vmhealth.jsontext). Still, the
+hook remembers, per domain UUID, the exact metadata it last accepted under this
+vmhealth version: a domain started again with the same spec costs a file read and a
+comparison. A changed spec, a new vmhealth version or a reboot of the host (the cache
+is on /run) means a full check again.
 """
 
 from __future__ import annotations
@@ -36,10 +38,11 @@ class InvalidSpec(ValueError):
     """The domain's vmhealth metadata is broken; str() names the field and the fix."""
 
 
-def full_check(data: bytes):
-    """Return the HealthSpec in `data` (None if it has none), or raise InvalidSpec."""
-    from vmhealth.metadata import MetadataError, spec_from_metadata
-    from vmhealth.spec import SpecError
+def full_check(data: bytes) -> dict | None:
+    """Return the spec in `data` as vmhealth.spec_rules.check_spec returns it (plain,
+    checked data; None if there is no vmhealth metadata), or raise InvalidSpec."""
+    from vmhealth.metadata import MetadataError, checked_spec_data_from_metadata
+    from vmhealth.spec_rules import SpecError
 
     try:
         facts = scan(data)
@@ -48,6 +51,6 @@ def full_check(data: bytes):
     if facts.health_version is None:
         return None
     try:
-        return spec_from_metadata(facts.health_version, facts.spec_text)
+        return checked_spec_data_from_metadata(facts.health_version, facts.spec_text)
     except (MetadataError, SpecError) as exc:
         raise InvalidSpec(str(exc)) from None

@@ -12,18 +12,22 @@ XML libvirt gets back is the XML it sent in every other byte.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from vmhealth.hook.scan import DomainFacts, ScanError
 
 _SPACE = b" \t\r\n"
 
 
-@dataclass(frozen=True)
 class Alignment:
-    xml: bytes | None  # the changed document, None when nothing needed changing
-    changes: tuple[str, ...]  # what changed, one line each, for stderr
-    missing_model: str | None  # the spec's watchdog model, when the domain lacks it
+    """What align() did. A plain class: dataclasses costs the hook more to import than
+    a bare interpreter takes to start."""
+
+    __slots__ = ("changes", "missing_model", "xml")
+
+    def __init__(self, xml: bytes | None, changes: tuple[str, ...],
+                 missing_model: str | None) -> None:
+        self.xml = xml  # the changed document, None when nothing needed changing
+        self.changes = changes  # what changed, one line each, for stderr
+        self.missing_model = missing_model  # the spec's model, when the domain lacks it
 
 
 def align(data: bytes, facts: DomainFacts, model: str, action: str) -> Alignment:
