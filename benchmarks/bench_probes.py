@@ -4,13 +4,17 @@
                                                 [--loop asyncio|uvloop]
 
 Each domain also has a guestAgentPing startup probe answered by a fake agent (the
-narrow GuestAccess seam), so startup gating is part of the run. The targets are
-served on 127.0.0.1 by a separate process (benchmarks/loopback_targets.py); the
-probing side runs in a child process of its own, so its CPU (getrusage) and RSS are
-the daemon-side figures. Two phases in the same run, each after a warm-up:
+narrow GuestAccess seam), so startup gating is part of the run. Every domain reports
+to the daemon's own listener (DomainMonitor: status, events, Prometheus metrics). The
+targets are served on 127.0.0.1 by a separate process (benchmarks/loopback_targets.py);
+each phase runs in a fresh child process, so its CPU (getrusage) and RSS are the
+daemon-side figures. Three phases in the same run, each after a warm-up:
 
 - baseline: the same DomainProbers with a no-op probe runner (scheduling only);
-- probes: the real handlers (httptools over asyncio transports, socket connects).
+- floor: no vmhealth code at all: the same connections at the same rate (1,000 HTTP
+  GETs and 1,000 TCP connects a second) made by the leanest loop-callback code, with
+  no state, results or metrics: what the kernel and the event loop alone cost;
+- probes: the real handlers and state machine.
 
 Lateness = how long after its scheduled tick a probe started. Targets (issue 4):
 daemon CPU < 15% of one core, RSS < 120 MB, p99 lateness < 50 ms. The machine has
@@ -32,9 +36,13 @@ import time
 from pathlib import Path
 
 import psutil
+from floor_probing import floor_probing
 
 from vmhealth import spec
+from vmhealth.monitor.domain_monitor import DomainMonitor
+from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.interfaces import Outcome, ProbeResult
+from vmhealth.monitor.metrics import Metrics
 from vmhealth.monitor.prober import DomainProber, LoopClock
 from vmhealth.monitor.probes import run_probe
 
@@ -44,6 +52,8 @@ HERE = Path(__file__).resolve().parent
 
 class FakeGuest:
     """GuestAccess for one simulated domain: loopback address, an agent that answers."""
+
+    state = None  # read by DomainMonitor.to_dict only
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -59,7 +69,7 @@ class FakeGuest:
 
 
 class Tally:
-    """ProbeListener that counts; lateness samples only inside the measured window."""
+    """Outcome counts and lateness samples, only inside the measured window."""
 
     def __init__(self) -> None:
         self.measuring = False
@@ -67,22 +77,30 @@ class Tally:
         self.failures: list[str] = []
         self.lateness: list[float] = []
 
-    def on_result(self, kind, result, *, counted):
+    def count(self, kind, result) -> None:
         if self.measuring:
             key = f"{kind.short}:{result.outcome.value}"
             self.outcomes[key] = self.outcomes.get(key, 0) + 1
             if result.outcome is not Outcome.SUCCESS and len(self.failures) < 5:
                 self.failures.append(result.message)
 
-    def on_state_change(self, change):
-        pass
-
-    def on_liveness_failed(self, result):
-        pass
-
     def observe(self, kind, late):
         if self.measuring:
             self.lateness.append(late)
+
+
+class CountingMonitor(DomainMonitor):
+    """The daemon's own ProbeListener, also counting for the report."""
+
+    def __init__(self, tally: Tally, uuid: str, health: spec.HealthSpec, access,
+                 events: EventLog, metrics: Metrics) -> None:
+        super().__init__(uuid, 1, health, access, events=events, metrics=metrics,
+                         on_liveness_failed=lambda monitor, result: None)
+        self.tally = tally
+
+    def on_result(self, kind, result, *, counted):
+        super().on_result(kind, result, counted=counted)
+        self.tally.count(kind, result)
 
 
 async def noop_runner(probe, access) -> ProbeResult:
@@ -106,13 +124,30 @@ def cpu_seconds() -> float:
 async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
                     seconds: float, grain: float) -> dict:
     tally = Tally()
+    if phase == "floor":
+        floor = floor_probing(ports, domains, tally)
+        floor.start()
+        return await measure(phase, tally, warmup, seconds, floor.stop)
     runner = noop_runner if phase == "baseline" else run_probe
-    probers = [DomainProber(domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}"), tally,
-                            runner=runner, lateness_observer=tally.observe,
-                            clock=LoopClock(grain=grain))
-               for i in range(domains)]
+    events, metrics = EventLog(), Metrics()
+    probers = []
+    for i in range(domains):
+        health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}")
+        monitor = CountingMonitor(tally, f"uuid-{i}", health, access, events, metrics)
+        prober = DomainProber(health, access, monitor, runner=runner,
+                              lateness_observer=tally.observe, clock=LoopClock(grain=grain))
+        monitor.attach(prober)
+        probers.append(prober)
     for prober in probers:
         prober.start(jitter_first_probe=True)  # a fresh daemon start
+
+    async def stop():
+        await asyncio.gather(*(prober.stop() for prober in probers))
+
+    return await measure(phase, tally, warmup, seconds, stop)
+
+
+async def measure(phase: str, tally: Tally, warmup: float, seconds: float, stop) -> dict:
     await asyncio.sleep(warmup)
     tally.measuring = True
     cpu0, wall0 = cpu_seconds(), time.monotonic()
@@ -120,7 +155,7 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
     cpu1, wall1 = cpu_seconds(), time.monotonic()
     tally.measuring = False
     rss = psutil.Process().memory_info().rss
-    await asyncio.gather(*(prober.stop() for prober in probers))
+    await stop()
     late = sorted(tally.lateness) or [0.0]
     return {
         "phase": phase,
@@ -171,6 +206,7 @@ def main() -> None:
         common = (ports, args.domains, args.warmup, args.seconds, args.loop, args.grain)
         load_before = os.getloadavg()[0]
         baseline = run_in_child("baseline", *common)
+        floor = run_in_child("floor", *common)
         probes = run_in_child("probes", *common)
     finally:
         server.stdin.close()
@@ -185,13 +221,15 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} after (2 cores, shared)")
     print(f"{'phase':10} {'CPU %core':>9} {'RSS MB':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'probes/s':>9}")
-    for row in (baseline, probes):
+    for row in (baseline, floor, probes):
         print(f"{row['phase']:10} {row['cpu_percent']:9.1f} {row['rss_mb']:7.1f} "
               f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['probes_per_second']:9.0f}")
     print("outcomes:", json.dumps(probes["outcomes"], sort_keys=True))
     for message in probes["sample_failures"]:
         print("  not a success:", message)
     ratio = probes["cpu_percent"] / max(baseline["cpu_percent"], 0.01)
+    print(f"CPU ratio probes/floor: {probes['cpu_percent'] / max(floor['cpu_percent'], 0.01):.2f}x"
+          f" (the floor is the kernel and event loop making the same connections)")
     print(f"CPU ratio probes/baseline: {ratio:.1f}x; per probe: "
           f"{1e4 * probes['cpu_percent'] / max(probes['probes_per_second'], 1):.0f} us "
           f"(baseline {1e4 * baseline['cpu_percent'] / max(baseline['probes_per_second'], 1):.0f}"

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import ssl
 import sys
 import time
 from collections.abc import Awaitable
@@ -22,6 +21,7 @@ from vmhealth.monitor.interfaces import (
     Outcome,
     ProbeResult,
 )
+from vmhealth.monitor.probes.dial import Sink, dial, sockaddr
 
 T = TypeVar("T")
 
@@ -55,21 +55,6 @@ else:  # pragma: no cover - exercised on EL9's Python 3.9
             return await asyncio.wait_for(awaitable, seconds)
         except asyncio.TimeoutError as exc:  # a distinct class before 3.11
             raise TimeoutError from exc
-
-
-def address_family(host: str) -> int | None:
-    """AF_INET/AF_INET6 for an IP literal, None for a host name (needs resolving)."""
-    if ":" in host:
-        try:
-            socket.inet_pton(socket.AF_INET6, host)
-        except OSError:
-            return None
-        return socket.AF_INET6
-    try:
-        socket.inet_pton(socket.AF_INET, host)
-    except OSError:
-        return None
-    return socket.AF_INET
 
 
 async def target_hosts(spec_host: str | None, access: GuestAccess) -> list[str]:
@@ -119,28 +104,51 @@ class ConnectFailed(Exception):
     """No address of the guest accepted the connection; the message names each attempt."""
 
 
-async def connect_first(hosts: list[str], port: int,
-                        protocol_factory: Callable[[], asyncio.BaseProtocol], *,
-                        tls: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                        ) -> tuple[asyncio.BaseTransport, str]:
-    """Connect to the first of `hosts` that accepts, in order; returns (transport, host).
+async def dial_first(hosts: list[str], port: int, deadline: float, *,
+                     request_for: Callable[[str], bytes] | None = None,
+                     sink_factory: Callable[[], Sink] | None = None) -> tuple[str, Sink | None]:
+    """Connect to the first of `hosts` that accepts, in order; returns (host, sink).
 
-    The caller bounds the whole attempt with with_timeout(); a refused or unreachable
-    address moves on to the next one (kubelet dials one address; a VM has several).
-    IP literals skip the resolver; a host name from the spec is resolved by the loop.
+    With `request_for`, send request_for(host) and read the answer into a new sink
+    from `sink_factory` (see dial.Dial). A refused or unreachable address moves on to
+    the next one (kubelet dials one address; a VM has several); an answer the sink
+    rejects ends the probe. Every attempt shares the absolute `deadline` (loop time):
+    TimeoutError when it passes. IP literals skip the resolver; a host name from the
+    spec is resolved by the loop, within the same deadline.
     """
     loop = asyncio.get_running_loop()
     problems = []
     for host in hosts:
         try:
-            if tls is None:
-                transport, _ = await loop.create_connection(protocol_factory, host, port)
-            else:
-                transport, _ = await loop.create_connection(
-                    protocol_factory, host, port, ssl=tls,
-                    server_hostname=server_hostname or "")
+            addresses = await _resolve(loop, host, port, deadline)
         except OSError as exc:
             problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
             continue
-        return transport, host
+        for family, address in addresses:
+            sink = sink_factory() if sink_factory is not None else None
+            request = request_for(host) if request_for is not None else None
+            try:
+                await dial(loop, family, address, deadline, request, sink)
+            except ConnectionError as exc:
+                if not isinstance(exc, (ConnectionRefusedError, ConnectionAbortedError)):
+                    raise  # reset mid-answer: the guest's server is there and broken
+                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
+                continue
+            except TimeoutError:  # an OSError too, but the probe's verdict
+                raise
+            except OSError as exc:  # unreachable, no route, ...
+                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
+                continue
+            return host, sink
     raise ConnectFailed("; ".join(problems))
+
+
+async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                   deadline: float) -> list[tuple[int, tuple]]:
+    literal = sockaddr(host, port)
+    if literal is not None:
+        return [literal]
+    infos = await with_timeout(
+        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
+        max(0.0, deadline - loop.time()))
+    return [(family, address) for family, _type, _proto, _name, address in infos]

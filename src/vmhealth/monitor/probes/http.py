@@ -1,4 +1,5 @@
-"""httpGet probe over asyncio transports, with httptools (llhttp) parsing the response.
+"""httpGet probe: plain HTTP over callback-driven sockets (dial.py), HTTPS over asyncio's
+TLS transports, with httptools (llhttp) parsing every response.
 
 Semantics: kubelet/KubeVirt (docs/probes.md), "Handlers" (httpGet), as kubelet
 implements them: scheme HTTP or HTTPS (certificate not verified); host = the spec's
@@ -10,7 +11,7 @@ to the same host name followed (at most 10); a redirect to another host is not
 followed and counts as success with a warning; the whole probe, redirects included,
 within timeoutSeconds.
 
-Why httptools over raw transports rather than aiohttp or httpx: at ~1,000 HTTP probes
+Why httptools over raw sockets rather than aiohttp or httpx: at ~1,000 HTTP probes
 a second the client's CPU per request decides whether the daemon fits its budget;
 docs/probes.md records the measurement. The request is a fixed GET built once per
 (probe, host) from validated parts; every byte the guest sends is parsed by llhttp.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import ssl
+from typing import Callable
 from urllib.parse import quote, urljoin, urlsplit
 
 import httptools
@@ -33,8 +35,8 @@ from vmhealth.monitor.probes.common import (
     OUTPUT_CAP_BYTES,
     ConnectFailed,
     ProbeClock,
-    connect_first,
     describe_os_error,
+    dial_first,
     host_for_url,
     no_address,
     printable_excerpt,
@@ -55,45 +57,33 @@ class InvalidResponse(Exception):
     """The guest's answer is not HTTP/1.x that llhttp accepts."""
 
 
-class _ResponseReader(asyncio.Protocol):
-    """Sends one request and feeds the response to httptools until complete or 10 KiB."""
+class _Response:
+    """A dial.Sink: httptools callbacks collecting status, Location and <= 10 KiB of body."""
 
-    def __init__(self, request: bytes, done: asyncio.Future) -> None:
-        self._request = request
-        self._done = done
+    __slots__ = ("_parser", "status", "location", "body", "headers_complete", "complete")
+
+    def __init__(self) -> None:
         self._parser = httptools.HttpResponseParser(self)
-        self._transport: asyncio.Transport | None = None
         self.status = 0
         self.location: bytes | None = None
         self.body = bytearray()
         self.headers_complete = False
+        self.complete = False
 
-    # -- asyncio.Protocol -------------------------------------------------
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self._transport = transport  # type: ignore[assignment]
-        self._transport.write(self._request)
-
-    def data_received(self, data: bytes) -> None:
-        if self._done.done():
-            return
+    def feed(self, data: bytes) -> bool:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
-            self._finish()
+            self.complete = True
         except httptools.HttpParserError as exc:
-            self._fail(InvalidResponse(f"invalid HTTP response ({exc})"))
+            raise InvalidResponse(f"invalid HTTP response ({exc})") from None
+        return self.complete
 
-    def eof_received(self) -> bool:
-        return False  # close our side too
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.headers_complete:
-            self._finish()  # a body delimited by the end of the connection
-        elif exc is not None:
-            self._fail(exc)
-        else:
-            self._fail(InvalidResponse("connection closed before a complete response"))
+    def end_of_stream(self) -> None:
+        # After the headers, the end of the connection ends an EOF-delimited body.
+        if not self.headers_complete:
+            raise InvalidResponse("connection closed before a complete response")
+        self.complete = True
 
     # -- httptools callbacks ------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -108,23 +98,55 @@ class _ResponseReader(asyncio.Protocol):
         room = OUTPUT_CAP_BYTES - len(self.body)
         self.body += body[:room]
         if len(self.body) >= OUTPUT_CAP_BYTES:
-            self._finish()  # read no more than 10 KiB (kubelet's limit)
+            self.complete = True  # read no more than 10 KiB (kubelet's limit)
 
     def on_message_complete(self) -> None:
-        self._finish()
+        self.complete = True
 
-    # -- ending -----------------------------------------------------------------
-    def _finish(self) -> None:
-        if not self._done.done():
-            self._done.set_result(None)
-        if self._transport is not None:
-            self._transport.close()
 
-    def _fail(self, exc: BaseException) -> None:
+class _TlsExchange(asyncio.Protocol):
+    """Sends one request over a TLS transport and feeds the answer to a _Response."""
+
+    def __init__(self, request: bytes, response: _Response, done: asyncio.Future) -> None:
+        self._request = request
+        self._response = response
+        self._done = done
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
+        self._transport = transport  # type: ignore[assignment]
+        self._transport.write(self._request)
+
+    def data_received(self, data: bytes) -> None:
+        if self._done.done():
+            return
+        try:
+            finished = self._response.feed(data)
+        except InvalidResponse as exc:
+            self._end(exc)
+            return
+        if finished:
+            self._end(None)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        try:
+            self._response.end_of_stream()
+        except InvalidResponse as verdict:
+            self._end(exc or verdict)
+            return
+        self._end(None)
+
+    def _end(self, error: BaseException | None) -> None:
         if not self._done.done():
-            self._done.set_exception(exc)
-        if self._transport is not None:
-            self._transport.abort()
+            if error is None:
+                self._done.set_result(None)
+            else:
+                self._done.set_exception(error)
+        self.abort()
 
     def abort(self) -> None:
         if self._transport is not None:
@@ -184,36 +206,51 @@ def _same_host(a: str, b: str) -> bool:
 
 
 async def _exchange(handler: spec.HttpGet, hosts: list[str], port: int, target: str,
-                    scheme: str, server_hostname: str | None) -> tuple[_ResponseReader, str]:
+                    scheme: str, server_hostname: str | None,
+                    deadline: float) -> tuple[_Response, str]:
     """Connect to the first host that accepts, send the request, read the response.
 
-    Raises ValueError when the request cannot be built (see _build_request).
+    Raises ValueError when the request cannot be built (see _build_request),
+    ConnectFailed, OSError, InvalidResponse or TimeoutError (at `deadline`).
     """
+    def request_for(host: str) -> bytes:
+        return _build_request(handler, target, _authority(host, port, scheme))
+
+    if scheme == "http":
+        host, response = await dial_first(hosts, port, deadline, request_for=request_for,
+                                          sink_factory=_Response)
+        return response, host
+    return await with_timeout(_tls_exchange(hosts, port, request_for, server_hostname),
+                              max(0.0, deadline - asyncio.get_running_loop().time()))
+
+
+async def _tls_exchange(hosts: list[str], port: int, request_for: Callable[[str], bytes],
+                        server_hostname: str | None) -> tuple[_Response, str]:
     loop = asyncio.get_running_loop()
-    tls = _insecure_tls_context() if scheme == "https" else None
     problems = []
     for host in hosts:
         done = loop.create_future()
-        reader = _ResponseReader(
-            _build_request(handler, target, _authority(host, port, scheme)), done)
+        response = _Response()
+        exchange = _TlsExchange(request_for(host), response, done)
         try:
-            await connect_first([host], port, lambda reader=reader: reader, tls=tls,
-                                server_hostname=server_hostname)
-        except ConnectFailed as exc:
-            problems.append(str(exc))
+            await loop.create_connection(lambda exchange=exchange: exchange, host, port,
+                                         ssl=_insecure_tls_context(),
+                                         server_hostname=server_hostname or "")
+        except OSError as exc:
+            problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
             continue
         try:
             await done
         except BaseException:
             done.cancel()  # nobody is left to read what the aborted connection reports
-            reader.abort()
+            exchange.abort()
             raise
-        return reader, host
+        return response, host
     raise ConnectFailed("; ".join(problems))
 
 
-async def _probe(handler: spec.HttpGet, hosts: list[str],
-                 clock: ProbeClock) -> ProbeResult:
+async def _probe(handler: spec.HttpGet, hosts: list[str], clock: ProbeClock,
+                 deadline: float) -> ProbeResult:
     scheme = handler.scheme.value.lower()
     port = handler.port
     target = handler.path
@@ -221,11 +258,14 @@ async def _probe(handler: spec.HttpGet, hosts: list[str],
     for redirects in range(MAX_REDIRECTS + 1):
         sni = host_override.rsplit(":", 1)[0] if host_override else None
         try:
-            reader, host = await _exchange(handler, hosts, port, target, scheme, sni)
+            reader, host = await _exchange(handler, hosts, port, target, scheme, sni,
+                                           deadline)
         except ValueError as exc:
             return clock.result(Outcome.ERROR, f"cannot build the request: {exc}")
         except ConnectFailed as exc:
             return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {exc}")
+        except TimeoutError:  # an OSError as well: reported for the whole probe below
+            raise
         except (OSError, InvalidResponse) as exc:
             text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
             return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {text}")
@@ -265,8 +305,9 @@ async def run_http_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
     hosts = await target_hosts(handler.host, access)
     if not hosts:
         return no_address(clock, access)
+    deadline = asyncio.get_running_loop().time() + probe.timeout_seconds
     try:
-        return await with_timeout(_probe(handler, hosts, clock), probe.timeout_seconds)
+        return await _probe(handler, hosts, clock, deadline)
     except TimeoutError:
         return clock.result(Outcome.FAILURE, f"HTTP GET port {handler.port}: timed out after "
                                              f"{probe.timeout_seconds}s")

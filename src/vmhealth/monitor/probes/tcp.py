@@ -2,7 +2,7 @@
 
 Semantics: kubelet/KubeVirt (docs/probes.md), "Handlers" (tcpSocket). The
 host is the spec's host, else the guest's addresses (IPv4 and IPv6) tried in order,
-all within one timeoutSeconds.
+all within one timeoutSeconds. The connection is closed with a reset (see dial.py).
 """
 
 from __future__ import annotations
@@ -14,11 +14,10 @@ from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
 from vmhealth.monitor.probes.common import (
     ConnectFailed,
     ProbeClock,
-    connect_first,
+    dial_first,
     host_for_url,
     no_address,
     target_hosts,
-    with_timeout,
 )
 
 
@@ -29,13 +28,12 @@ async def run_tcp_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
     hosts = await target_hosts(handler.host, access)
     if not hosts:
         return no_address(clock, access)
+    deadline = asyncio.get_running_loop().time() + probe.timeout_seconds
     try:
-        transport, host = await with_timeout(
-            connect_first(hosts, handler.port, asyncio.Protocol), probe.timeout_seconds)
+        host, _ = await dial_first(hosts, handler.port, deadline)
     except ConnectFailed as exc:
         return clock.result(Outcome.FAILURE, f"tcp connect failed: {exc}")
     except TimeoutError:
         return clock.result(Outcome.FAILURE, f"tcp connect to port {handler.port} timed out "
                                              f"after {probe.timeout_seconds}s")
-    transport.close()
     return clock.result(Outcome.SUCCESS, f"connected to {host_for_url(host)}:{handler.port}")
