@@ -39,6 +39,7 @@ import psutil
 from floor_probing import floor_probing
 
 from vmhealth import spec
+from vmhealth.monitor.coarse_timers import CoarseTimers
 from vmhealth.monitor.domain_monitor import DomainMonitor
 from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.interfaces import Outcome, ProbeResult
@@ -130,12 +131,12 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
         return await measure(phase, tally, warmup, seconds, floor.stop)
     runner = noop_runner if phase == "baseline" else run_probe
     events, metrics = EventLog(), Metrics()
-    probers = []
+    probers, clock = [], LoopClock(CoarseTimers(grain))  # one grid for all, as in the daemon
     for i in range(domains):
         health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}")
         monitor = CountingMonitor(tally, f"uuid-{i}", health, access, events, metrics)
         prober = DomainProber(health, access, monitor, runner=runner,
-                              lateness_observer=tally.observe, clock=LoopClock(grain=grain))
+                              lateness_observer=tally.observe, clock=clock)
         monitor.attach(prober)
         probers.append(prober)
     for prober in probers:
@@ -194,7 +195,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--grain", type=float, default=0.005,
-                        help="LoopClock wake-up grid in seconds (0 = exact wake-ups)")
+                        help="wake-up grid of probe starts, in seconds (> 0)")
     args = parser.parse_args()
 
     server = subprocess.Popen(

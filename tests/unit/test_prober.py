@@ -393,3 +393,45 @@ async def test_a_crashing_runner_is_logged_and_probing_goes_on():
     assert len(calls) == 2
     assert listener.flips(ProbeKind.READINESS) == [True]
     await prober.stop()
+
+
+# ---------------------------------------------------------------------------
+# LoopClock: the real clock's shared wake-up slots
+# ---------------------------------------------------------------------------
+
+def test_loop_clock_wakes_a_slot_with_one_timer_and_survives_a_cancelled_sleeper():
+    from vmhealth.monitor.coarse_timers import CoarseTimers
+    from vmhealth.monitor.prober import LoopClock
+
+    clock = LoopClock(CoarseTimers(0.05))
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 0.06
+        timers = []
+        real_call_at = loop.call_at
+
+        def counting_call_at(when, callback, *args):
+            timers.append(when)
+            return real_call_at(when, callback, *args)
+
+        loop.call_at = counting_call_at  # type: ignore[method-assign]
+        woke = []
+
+        async def sleeper(name, at):
+            await clock.sleep_until(at)
+            woke.append((name, loop.time()))
+
+        tasks = [asyncio.ensure_future(sleeper(n, deadline + d))
+                 for n, d in (("a", 0.0), ("b", 0.001), ("c", 0.002))]
+        await asyncio.sleep(0)
+        tasks[1].cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        return timers, woke, deadline
+
+    timers, woke, deadline = asyncio.run(scenario())
+    assert len(timers) == 1  # three sleepers, one slot, one timer
+    assert [name for name, _ in woke] == ["a", "c"]
+    assert all(at >= deadline for _, at in woke)
+    # The same clock serves a new event loop (each asyncio.run is one).
+    assert asyncio.run(scenario())[1][0][0] == "a"

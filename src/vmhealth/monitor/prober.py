@@ -29,13 +29,15 @@ missed because a probe ran long is skipped rather than run late in a burst.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-import math
 import random
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
 from vmhealth import spec
+from vmhealth.monitor import coarse_timers
+from vmhealth.monitor.coarse_timers import CoarseTimers
 from vmhealth.monitor.interfaces import (
     GuestAccess,
     Outcome,
@@ -76,42 +78,37 @@ class Clock(Protocol):
 class LoopClock:
     """The event loop's monotonic clock, waking sleepers on a coarse grid.
 
-    Wake-ups are rounded up to a multiple of `grain`, and all sleepers of one grid
-    slot are woken by a single loop timer: with 2,000 probes a second that is one
-    timer per slot instead of a timer and a heap entry per probe (docs/probes.md),
-    for at most `grain` of added lateness.
+    Wake-ups are rounded up to a multiple of the grid (5 ms), and all sleepers of one
+    grid slot are woken by a single loop timer (coarse_timers.py): with 2,000 probes a
+    second that is one timer per slot instead of a timer and a heap entry per probe,
+    for at most one grain of added lateness.
     """
 
-    def __init__(self, *, grain: float = 0.005) -> None:
-        self._grain = grain
-        self._slots: dict[int, list[asyncio.Future]] = {}
+    def __init__(self, timers: CoarseTimers | None = None) -> None:
+        self._timers = timers or coarse_timers.SHARED
 
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
     async def sleep_until(self, deadline: float) -> None:
         loop = asyncio.get_running_loop()
-        if self._grain <= 0:
-            await asyncio.sleep(max(0.0, deadline - loop.time()))
-            return
-        slot = math.ceil(deadline / self._grain)
-        if slot * self._grain <= loop.time():
+        if self._timers.slot_time(deadline) <= loop.time():
             await asyncio.sleep(0)
             return
-        # A future per sleeper (a cancelled sleeper cancels only its own), one timer
-        # per slot.
+        # A future per sleeper: a cancelled sleeper (prober reset) cancels only its own.
         waiter = loop.create_future()
-        sleepers = self._slots.get(slot)
-        if sleepers is None:
-            sleepers = self._slots[slot] = []
-            loop.call_at(slot * self._grain, self._wake, slot)
-        sleepers.append(waiter)
+        self._timers.call_at(loop, deadline, functools.partial(_wake, waiter))
         await waiter
 
-    def _wake(self, slot: int) -> None:
-        for waiter in self._slots.pop(slot):
-            if not waiter.done():
-                waiter.set_result(None)
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+# The clock every prober uses unless given one: sharing it is what lets one timer per
+# slot wake the probes of all domains.
+SHARED_CLOCK = LoopClock()
 
 
 @dataclass(frozen=True)
@@ -168,7 +165,7 @@ class DomainProber:
                  ) -> None:
         self._access = access
         self._listener = listener
-        self._clock = clock or LoopClock()
+        self._clock = clock or SHARED_CLOCK
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._runner = runner
         self._lateness_observer = lateness_observer

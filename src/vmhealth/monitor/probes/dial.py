@@ -10,8 +10,9 @@ handshake dwarfs the rest.
 One `Dial` is one attempt at one address: connect, then optionally send one request
 and hand every received byte to a `sink` until it says it has read enough or the peer
 closes. Its future resolves to None, or fails with OSError (refused, unreachable...)
-or TimeoutError at the absolute `deadline` (loop time): the caller passes the same
-deadline to every attempt of a probe, so the whole probe stays within timeoutSeconds.
+or TimeoutError at the absolute `deadline` (loop time, on the 5 ms grid of
+coarse_timers.py): the caller passes the same deadline to every attempt of a probe,
+so the whole probe stays within timeoutSeconds.
 
 Connections end with a reset (SO_LINGER 0), as HAProxy's health checks do: once a
 probe has its answer nothing is left to deliver, and an orderly close by the host
@@ -27,6 +28,8 @@ import os
 import socket
 import struct
 from typing import Protocol
+
+from vmhealth.monitor import coarse_timers
 
 _RESET_ON_CLOSE = struct.pack("ii", 1, 0)  # struct linger {l_onoff=1, l_linger=0}
 _READ_SIZE = 64 * 1024
@@ -59,7 +62,7 @@ def sockaddr(host: str, port: int) -> tuple[int, tuple] | None:
 class Dial:
     """One connection attempt; await `.done`. Always closes its socket, on every path."""
 
-    __slots__ = ("_loop", "_sock", "_fd", "_request", "_sink", "_timer", "_watching", "done")
+    __slots__ = ("_loop", "_sock", "_fd", "_request", "_sink", "_watching", "done")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, family: int, address: tuple,
                  deadline: float, request: bytes | None = None, sink: Sink | None = None,
@@ -71,7 +74,7 @@ class Dial:
         self.done = loop.create_future()
         self._sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
         self._fd = self._sock.fileno()
-        self._timer = loop.call_at(deadline, self._expire)
+        coarse_timers.SHARED.call_at(loop, deadline, self._expire)
         code = self._sock.connect_ex(address)
         if code == 0:
             self._connected()
@@ -141,7 +144,8 @@ class Dial:
         self._end(None)
 
     def _expire(self) -> None:
-        self._end(TimeoutError())
+        if self._sock is not None:  # still going at the deadline
+            self._end(TimeoutError())
 
     # -- ending -------------------------------------------------------------------------
     def _end(self, error: BaseException | None) -> None:
@@ -163,7 +167,6 @@ class Dial:
     def _close(self) -> None:
         if self._sock is None:
             return
-        self._timer.cancel()
         self._unwatch()
         try:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RESET_ON_CLOSE)
