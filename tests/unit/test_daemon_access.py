@@ -130,3 +130,34 @@ def test_addresses_from_every_source_ipv4_first_without_loopback_or_link_local()
         libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP: iface("10.0.0.10", "10.0.0.11"),
     })
     assert read_addresses(dom) == ["10.0.0.10", "10.0.0.11", "fd00::10"]
+
+
+def test_addresses_are_cached_until_stale_and_read_once_by_concurrent_probes():
+    class Counting(AddressDomain):
+        reads = 0
+
+        def name(self):
+            return "web1"
+
+        def interfaceAddresses(self, source, flags):
+            if source == libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE:
+                Counting.reads += 1
+            return super().interfaceAddresses(source, flags)
+
+    dom = Counting({libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE: iface("10.0.0.5")})
+
+    async def scenario():
+        with ThreadPoolExecutor(1) as pool:
+            access = LibvirtGuestAccess(dom, agent_pool=pool, control_pool=pool,
+                                        address_refresh_seconds=3600)
+            first = await asyncio.gather(*(access.addresses() for _ in range(5)))
+            reads_after_first = Counting.reads
+            again = await access.addresses()
+            access.forget_addresses()
+            await access.addresses()
+            return first, reads_after_first, again, Counting.reads
+
+    first, reads_after_first, again, reads = asyncio.run(scenario())
+    assert first == [["10.0.0.5"]] * 5 and again == ["10.0.0.5"]
+    assert reads_after_first == 1  # five concurrent probes, one lookup
+    assert reads == 2  # forget_addresses: looked up again

@@ -161,16 +161,20 @@ class LibvirtGuestAccess:
         self._address_lock = asyncio.Lock()
 
     async def addresses(self) -> list[str]:
+        if not self._addresses_stale():  # the common case: no lock, no await
+            return list(self._addresses)
         async with self._address_lock:
-            age = time.monotonic() - self._addresses_at
-            stale = age >= self._refresh or (not self._addresses
-                                             and age >= EMPTY_ADDRESS_RETRY_SECONDS)
-            if stale:
+            if self._addresses_stale():  # nobody refreshed them while we waited
                 loop = asyncio.get_running_loop()
                 self._addresses = await loop.run_in_executor(
                     self._control_pool, read_addresses, self.dom)
                 self._addresses_at = time.monotonic()
             return list(self._addresses)
+
+    def _addresses_stale(self) -> bool:
+        age = time.monotonic() - self._addresses_at
+        return age >= self._refresh or (not self._addresses
+                                        and age >= EMPTY_ADDRESS_RETRY_SECONDS)
 
     def forget_addresses(self) -> None:
         """Look addresses up again at the next probe (agent reconnected, domain restarted)."""
