@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -19,8 +20,26 @@ END_MARKERS = ("EOF", "```")
 
 
 def seeds_dir() -> Path:
-    """../shared/seeds beside the repository (where CI puts it), or $VMHEALTH_SEEDS."""
-    return Path(os.environ.get("VMHEALTH_SEEDS", REPO.parent / "shared" / "seeds"))
+    """$VMHEALTH_SEEDS, else ../shared/seeds beside the repository, else beside the
+    checkout this one was cloned from (a fresh clone in /tmp has no ../shared)."""
+    if "VMHEALTH_SEEDS" in os.environ:
+        return Path(os.environ["VMHEALTH_SEEDS"])
+    beside = REPO.parent / "shared" / "seeds"
+    origin = _local_origin()
+    if not beside.is_dir() and origin is not None:
+        return origin.parent / "shared" / "seeds"
+    return beside
+
+
+def _local_origin() -> Path | None:
+    """The directory this repository was cloned from, when that is a local path."""
+    try:
+        url = subprocess.run(["git", "-C", str(REPO), "config", "--get", "remote.origin.url"],
+                             capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    url = url.strip().removeprefix("file://")
+    return Path(url).resolve() if url.startswith("/") else None
 
 
 def extract_examples(text: str) -> list[str]:
