@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 import psutil
-from floor_probing import floor_probing
+from floor_probing import FloorProbing
 
 from vmhealth import spec
 from vmhealth.monitor.coarse_timers import CoarseTimers
@@ -126,7 +126,7 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
                     seconds: float, grain: float) -> dict:
     tally = Tally()
     if phase == "floor":
-        floor = floor_probing(ports, domains, tally)
+        floor = FloorProbing(ports, domains, tally)
         floor.start()
         return await measure(phase, tally, warmup, seconds, floor.stop)
     runner = noop_runner if phase == "baseline" else run_probe

@@ -100,7 +100,3 @@ class FloorProbing:
         if self.handle is not None:
             self.handle.cancel()
         await asyncio.sleep(0.2)  # let connections in flight finish
-
-
-def floor_probing(ports: list[int], domains: int, tally) -> FloorProbing:
-    return FloorProbing(ports, domains, tally)

@@ -114,6 +114,16 @@ async def http_probe(routes, handler_kwargs=None, *, host="127.0.0.1", addrs=Non
     return result, state
 
 
+async def probe_against(on_connect, handler_for_port):
+    """Run a probe built by handler_for_port(port) against a loopback server."""
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        return await run_probe(probe_of(handler_for_port(port)), FakeAccess())
+    finally:
+        server.close()
+
+
 def test_http_200_is_success():
     result, state = run(http_probe({"/": Route()}))
     assert result.outcome is Outcome.SUCCESS
@@ -285,12 +295,7 @@ def test_http_garbage_answer_is_failure():
             writer.write(b"SSH-2.0-OpenSSH_9.2\r\n")
             await writer.drain()
             writer.close()
-        server = await asyncio.start_server(garbage, "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            return await run_probe(probe_of(spec.HttpGet(port=port)), FakeAccess())
-        finally:
-            server.close()
+        return await probe_against(garbage, lambda port: spec.HttpGet(port=port))
     result = run(scenario())
     assert result.outcome is Outcome.FAILURE
     assert "invalid HTTP response" in result.message
@@ -307,14 +312,7 @@ def free_port() -> int:
 
 
 def test_tcp_open_port_is_success():
-    async def scenario():
-        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
-        port = server.sockets[0].getsockname()[1]
-        try:
-            return await run_probe(probe_of(spec.TcpSocket(port=port)), FakeAccess())
-        finally:
-            server.close()
-    result = run(scenario())
+    result = run(probe_against(lambda r, w: w.close(), lambda port: spec.TcpSocket(port=port)))
     assert result.outcome is Outcome.SUCCESS
     assert "connected to 127.0.0.1" in result.message
 

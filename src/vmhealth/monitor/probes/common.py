@@ -22,6 +22,7 @@ from vmhealth.monitor.interfaces import (
     ProbeResult,
 )
 from vmhealth.monitor.probes.dial import Sink, dial, sockaddr
+from vmhealth.spec import Probe
 
 T = TypeVar("T")
 
@@ -68,6 +69,23 @@ async def target_hosts(spec_host: str | None, access: GuestAccess) -> list[str]:
         return list(await access.addresses())
     except (AgentUnavailable, AgentError, OSError):
         return []  # address discovery failed: nothing to try this time
+
+
+async def run_on_targets(probe: Probe, spec_host: str | None, access: GuestAccess,
+                         attempt: Callable[[list[str], ProbeClock, float], Awaitable[ProbeResult]],
+                         timeout_message: str) -> ProbeResult:
+    """The frame of every network probe: find the targets, then run `attempt(hosts,
+    clock, deadline)` with the probe's timeoutSeconds as one absolute deadline (loop
+    time); no address yet is an ERROR, the deadline passing a FAILURE."""
+    clock = ProbeClock()
+    hosts = await target_hosts(spec_host, access)
+    if not hosts:
+        return no_address(clock, access)
+    deadline = asyncio.get_running_loop().time() + probe.timeout_seconds
+    try:
+        return await attempt(hosts, clock, deadline)
+    except TimeoutError:
+        return clock.result(Outcome.FAILURE, timeout_message)
 
 
 def no_address(clock: ProbeClock, access: GuestAccess) -> ProbeResult:
@@ -129,14 +147,11 @@ async def dial_first(hosts: list[str], port: int, deadline: float, *,
             request = request_for(host) if request_for is not None else None
             try:
                 await dial(loop, family, address, deadline, request, sink)
-            except ConnectionError as exc:
-                if not isinstance(exc, (ConnectionRefusedError, ConnectionAbortedError)):
-                    raise  # reset mid-answer: the guest's server is there and broken
-                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
-                continue
-            except TimeoutError:  # an OSError too, but the probe's verdict
+            except (TimeoutError, ConnectionResetError, BrokenPipeError):
+                # OSErrors too, but verdicts on the whole probe: out of time, or a
+                # server that accepted and then broke off mid-answer.
                 raise
-            except OSError as exc:  # unreachable, no route, ...
+            except OSError as exc:  # refused, unreachable, no route: try the next one
                 problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
                 continue
             return host, sink

@@ -38,9 +38,8 @@ from vmhealth.monitor.probes.common import (
     describe_os_error,
     dial_first,
     host_for_url,
-    no_address,
     printable_excerpt,
-    target_hosts,
+    run_on_targets,
     with_timeout,
 )
 
@@ -301,13 +300,6 @@ async def _probe(handler: spec.HttpGet, hosts: list[str], clock: ProbeClock,
 async def run_http_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
     handler = probe.handler
     assert isinstance(handler, spec.HttpGet)
-    clock = ProbeClock()
-    hosts = await target_hosts(handler.host, access)
-    if not hosts:
-        return no_address(clock, access)
-    deadline = asyncio.get_running_loop().time() + probe.timeout_seconds
-    try:
-        return await _probe(handler, hosts, clock, deadline)
-    except TimeoutError:
-        return clock.result(Outcome.FAILURE, f"HTTP GET port {handler.port}: timed out after "
-                                             f"{probe.timeout_seconds}s")
+    return await run_on_targets(
+        probe, handler.host, access, functools.partial(_probe, handler),
+        f"HTTP GET port {handler.port}: timed out after {probe.timeout_seconds}s")

@@ -7,8 +7,6 @@ all within one timeoutSeconds. The connection is closed with a reset (see dial.p
 
 from __future__ import annotations
 
-import asyncio
-
 from vmhealth import spec
 from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
 from vmhealth.monitor.probes.common import (
@@ -16,24 +14,21 @@ from vmhealth.monitor.probes.common import (
     ProbeClock,
     dial_first,
     host_for_url,
-    no_address,
-    target_hosts,
+    run_on_targets,
 )
 
 
 async def run_tcp_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
     handler = probe.handler
     assert isinstance(handler, spec.TcpSocket)
-    clock = ProbeClock()
-    hosts = await target_hosts(handler.host, access)
-    if not hosts:
-        return no_address(clock, access)
-    deadline = asyncio.get_running_loop().time() + probe.timeout_seconds
-    try:
-        host, _ = await dial_first(hosts, handler.port, deadline)
-    except ConnectFailed as exc:
-        return clock.result(Outcome.FAILURE, f"tcp connect failed: {exc}")
-    except TimeoutError:
-        return clock.result(Outcome.FAILURE, f"tcp connect to port {handler.port} timed out "
-                                             f"after {probe.timeout_seconds}s")
-    return clock.result(Outcome.SUCCESS, f"connected to {host_for_url(host)}:{handler.port}")
+
+    async def connect(hosts: list[str], clock: ProbeClock, deadline: float) -> ProbeResult:
+        try:
+            host, _ = await dial_first(hosts, handler.port, deadline)
+        except ConnectFailed as exc:
+            return clock.result(Outcome.FAILURE, f"tcp connect failed: {exc}")
+        return clock.result(Outcome.SUCCESS, f"connected to {host_for_url(host)}:{handler.port}")
+
+    return await run_on_targets(
+        probe, handler.host, access, connect,
+        f"tcp connect to port {handler.port} timed out after {probe.timeout_seconds}s")
