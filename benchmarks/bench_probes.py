@@ -1,19 +1,22 @@
 """Probe engine at scale: 1,000 domains, HTTP readiness + TCP liveness, periodSeconds 1.
 
     .venv/bin/python benchmarks/bench_probes.py [--domains 1000] [--seconds 20]
-                                                [--loop asyncio|uvloop]
+                                                [--rounds 3] [--loop asyncio|uvloop]
 
 Each domain also has a guestAgentPing startup probe answered by a fake agent (the
 narrow GuestAccess seam), so startup gating is part of the run. Every domain reports
 to the daemon's own listener (DomainMonitor: status, events, Prometheus metrics). The
 targets are served on 127.0.0.1 by a separate process (benchmarks/loopback_targets.py);
 each phase runs in a fresh child process, so its CPU (getrusage) and RSS are the
-daemon-side figures. Three phases in the same run, each after a warm-up:
+daemon-side figures. Three phases, each after a warm-up, repeated in interleaved
+rounds (the machine is shared and noisy: the median run of each phase is reported,
+with the range of its CPU figures):
 
 - baseline: the same DomainProbers with a no-op probe runner (scheduling only);
 - floor: no vmhealth code at all: the same connections at the same rate (1,000 HTTP
-  GETs and 1,000 TCP connects a second) made by the leanest loop-callback code, with
-  no state, results or metrics: what the kernel and the event loop alone cost;
+  GETs and 1,000 TCP connects a second) made by the leanest code known
+  (floor_probing.py), with no state, results or metrics: what the kernel and the
+  event loop alone cost;
 - probes: the real handlers and state machine.
 
 Lateness = how long after its scheduled tick a probe started. Targets (issue 4):
@@ -187,12 +190,20 @@ def run_in_child(*args) -> dict:
     return result
 
 
+def median_run(phase_runs: list[dict]) -> dict:
+    """The run with the median CPU (the lower middle one of an even count)."""
+    ordered = sorted(phase_runs, key=lambda run: run["cpu_percent"])
+    return ordered[(len(ordered) - 1) // 2]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domains", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20, help="measured window per phase")
     parser.add_argument("--warmup", type=float, default=5)
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of the three phases, interleaved; the median is shown")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--grain", type=float, default=0.005,
                         help="wake-up grid of probe starts, in seconds (> 0)")
@@ -200,31 +211,37 @@ def main() -> None:
 
     server = subprocess.Popen(
         [sys.executable, str(HERE / "loopback_targets.py"), "--max-seconds",
-         str(4 * (args.seconds + args.warmup) + 60)],
+         str(4 * args.rounds * (args.seconds + args.warmup) + 60)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    runs: dict[str, list[dict]] = {"baseline": [], "floor": [], "probes": []}
     try:
         ports = json.loads(server.stdout.readline())["ports"]
         common = (ports, args.domains, args.warmup, args.seconds, args.loop, args.grain)
         load_before = os.getloadavg()[0]
-        baseline = run_in_child("baseline", *common)
-        floor = run_in_child("floor", *common)
-        probes = run_in_child("probes", *common)
+        for _ in range(args.rounds):  # interleaved, so a noisy minute hits every phase
+            for phase, phase_runs in runs.items():
+                phase_runs.append(run_in_child(phase, *common))
     finally:
         server.stdin.close()
         try:
             server.wait(timeout=10)
         except subprocess.TimeoutExpired:
             server.kill()
+    baseline, floor, probes = (median_run(phase_runs) for phase_runs in runs.values())
 
     print(f"{args.domains} domains x (HTTP readiness + TCP liveness) at periodSeconds 1, "
           f"loop={args.loop}, grain={args.grain * 1000:g} ms, {args.seconds:.0f} s measured "
-          f"per phase; host load average {load_before:.1f} before, "
+          f"per phase, {args.rounds} interleaved round(s), median run shown; "
+          f"host load average {load_before:.1f} before, "
           f"{os.getloadavg()[0]:.1f} after (2 cores, shared)")
     print(f"{'phase':10} {'CPU %core':>9} {'RSS MB':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'probes/s':>9}")
     for row in (baseline, floor, probes):
+        cpus = sorted(run["cpu_percent"] for run in runs[row["phase"]])
+        spread = f"  (CPU {cpus[0]:.1f}-{cpus[-1]:.1f})" if len(cpus) > 1 else ""
         print(f"{row['phase']:10} {row['cpu_percent']:9.1f} {row['rss_mb']:7.1f} "
-              f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['probes_per_second']:9.0f}")
+              f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['probes_per_second']:9.0f}"
+              + spread)
     print("outcomes:", json.dumps(probes["outcomes"], sort_keys=True))
     for message in probes["sample_failures"]:
         print("  not a success:", message)

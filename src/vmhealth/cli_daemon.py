@@ -111,7 +111,22 @@ def daemon_command(config_path: str) -> None:
     except ConfigError as exc:
         raise UsageFailure(str(exc)) from None
     setup_logging(config.log_level)
+    raise_open_file_limit()
     asyncio.run(serve(config))
+
+
+def raise_open_file_limit() -> None:
+    """Soft RLIMIT_NOFILE up to the hard limit: a probe in flight holds a socket, and
+    1,000 domains probed every second against slow guests can hold more than systemd's
+    default soft limit of 1,024. Safe: the daemon waits with epoll, never select()."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError):
+            pass  # keep the limit we have; probes report a host error if it runs out
 
 
 @click.command("status")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import libvirt
 import pytest
@@ -122,3 +124,15 @@ def test_connect_after_the_subcommand():
                                        "test:///nonexistent/driver.xml"])
     assert result.exit_code == 1
     assert "cannot connect to libvirt at test:///nonexistent/driver.xml" in result.output
+
+
+def test_daemon_raises_its_open_file_limit_to_the_hard_limit():
+    script = ("import resource\n"
+              "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"
+              "resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))\n"
+              "from vmhealth.cli_daemon import raise_open_file_limit\n"
+              "raise_open_file_limit()\n"
+              "print(resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard))\n")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         timeout=60, check=True)
+    assert out.stdout.strip() == "True"

@@ -46,14 +46,20 @@ async def start_http_probe(server: socket.socket, timeout: float = 0.5):
     return probe, conn, conn.recv(4096)
 
 
-def test_tcp_probe_resets_its_connection_instead_of_closing():
+def tcp_probe_and_how_it_ended():
+    """Run one tcpSocket probe against a fresh listener: (result, how its connection ended)."""
     server = listener()
     port = server.getsockname()[1]
     with server:
         result = asyncio.run(run_probe(probe_of(spec.TcpSocket(port=port)), FakeAccess()))
         conn, _ = server.accept()
         with conn:
-            assert how_it_ended(conn) == "reset"
+            return result, how_it_ended(conn)
+
+
+def test_tcp_probe_resets_its_connection_instead_of_closing():
+    result, ended = tcp_probe_and_how_it_ended()
+    assert ended == "reset"
     assert result.outcome is Outcome.SUCCESS, result.message
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import math
 import random
 from dataclasses import dataclass, field
 
@@ -407,7 +408,8 @@ def test_loop_clock_wakes_a_slot_with_one_timer_and_survives_a_cancelled_sleeper
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + 0.06
+        # Just past a slot boundary, so all three deadlines share one 50 ms slot.
+        deadline = (math.ceil(loop.time() / 0.05) + 1) * 0.05 + 0.01
         timers = []
         real_call_at = loop.call_at
 

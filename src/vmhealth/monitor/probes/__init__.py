@@ -26,13 +26,17 @@ HANDLERS: dict[type, ProbeRunner] = {
 }
 
 
-async def run_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
-    """Run `probe` once against the guest behind `access`; never raises for guest trouble."""
+def run_probe(probe: spec.Probe, access: GuestAccess) -> Awaitable[ProbeResult]:
+    """Run `probe` once against the guest behind `access`; never raises for guest trouble.
+
+    A plain function handing back the handler's coroutine: one coroutine layer less
+    for each of the ~2,000 probes a second a large host runs.
+    """
     try:
         handler = HANDLERS[type(probe.handler)]
     except KeyError:
         raise TypeError(f"no probe handler for {type(probe.handler).__name__}") from None
-    return await handler(probe, access)
+    return handler(probe, access)
 
 
 __all__ = ["HANDLERS", "ProbeRunner", "run_probe"]

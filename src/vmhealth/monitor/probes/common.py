@@ -21,7 +21,7 @@ from vmhealth.monitor.interfaces import (
     Outcome,
     ProbeResult,
 )
-from vmhealth.monitor.probes.dial import Sink, dial, sockaddr
+from vmhealth.monitor.probes.dial import Dial, HostSocketError, Sink, sockaddr
 from vmhealth.spec import Probe
 
 T = TypeVar("T")
@@ -58,34 +58,33 @@ else:  # pragma: no cover - exercised on EL9's Python 3.9
             raise TimeoutError from exc
 
 
-async def target_hosts(spec_host: str | None, access: GuestAccess) -> list[str]:
-    """Where to connect: the spec's host, else the guest's addresses (IPv4 and IPv6), best first.
-
-    An empty list means there is nothing to try yet (the caller reports an ERROR).
-    """
-    if spec_host:
-        return [spec_host]
-    try:
-        return list(await access.addresses())
-    except (AgentUnavailable, AgentError, OSError):
-        return []  # address discovery failed: nothing to try this time
-
-
 async def run_on_targets(probe: Probe, spec_host: str | None, access: GuestAccess,
                          attempt: Callable[[list[str], ProbeClock, float], Awaitable[ProbeResult]],
                          timeout_message: str) -> ProbeResult:
     """The frame of every network probe: find the targets, then run `attempt(hosts,
     clock, deadline)` with the probe's timeoutSeconds as one absolute deadline (loop
-    time); no address yet is an ERROR, the deadline passing a FAILURE."""
+    time); no address yet is an ERROR, and so is a host out of sockets; the deadline
+    passing is a FAILURE.
+
+    Targets: the spec's host, else the guest's addresses (IPv4 and IPv6), best first.
+    """
     clock = ProbeClock()
-    hosts = await target_hosts(spec_host, access)
-    if not hosts:
-        return no_address(clock, access)
+    if spec_host:
+        hosts = [spec_host]
+    else:
+        try:
+            hosts = await access.addresses()
+        except (AgentUnavailable, AgentError, OSError):
+            hosts = []  # address discovery failed: nothing to try this time
+        if not hosts:
+            return no_address(clock, access)
     deadline = asyncio.get_running_loop().time() + probe.timeout_seconds
     try:
         return await attempt(hosts, clock, deadline)
     except TimeoutError:
         return clock.result(Outcome.FAILURE, timeout_message)
+    except HostSocketError as exc:  # the host's trouble, not the guest's: not counted
+        return clock.result(Outcome.ERROR, str(exc))
 
 
 def no_address(clock: ProbeClock, access: GuestAccess) -> ProbeResult:
@@ -137,16 +136,21 @@ async def dial_first(hosts: list[str], port: int, deadline: float, *,
     loop = asyncio.get_running_loop()
     problems = []
     for host in hosts:
-        try:
-            addresses = await _resolve(loop, host, port, deadline)
-        except OSError as exc:
-            problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
-            continue
+        literal = sockaddr(host, port)
+        if literal is not None:  # the common case: no resolver, no extra coroutine
+            addresses = [literal]
+        else:
+            try:
+                addresses = await _resolve_name(loop, host, port, deadline)
+            except OSError as exc:
+                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
+                continue
         for family, address in addresses:
             sink = sink_factory() if sink_factory is not None else None
             request = request_for(host) if request_for is not None else None
+            attempt = Dial(loop, family, address, deadline, request, sink)
             try:
-                await dial(loop, family, address, deadline, request, sink)
+                await attempt.done
             except (TimeoutError, ConnectionResetError, BrokenPipeError):
                 # OSErrors too, but verdicts on the whole probe: out of time, or a
                 # server that accepted and then broke off mid-answer.
@@ -154,15 +158,15 @@ async def dial_first(hosts: list[str], port: int, deadline: float, *,
             except OSError as exc:  # refused, unreachable, no route: try the next one
                 problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
                 continue
+            except asyncio.CancelledError:
+                attempt.abort()  # the probe was cancelled: reset the connection now
+                raise
             return host, sink
     raise ConnectFailed("; ".join(problems))
 
 
-async def _resolve(loop: asyncio.AbstractEventLoop, host: str, port: int,
-                   deadline: float) -> list[tuple[int, tuple]]:
-    literal = sockaddr(host, port)
-    if literal is not None:
-        return [literal]
+async def _resolve_name(loop: asyncio.AbstractEventLoop, host: str, port: int,
+                        deadline: float) -> list[tuple[int, tuple]]:
     infos = await with_timeout(
         loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
         max(0.0, deadline - loop.time()))
