@@ -82,8 +82,8 @@ class Tally:
         self.lateness: list[float] = []
 
     def count(self, kind, result) -> None:
-        if self.measuring:
-            key = f"{kind.short}:{result.outcome.value}"
+        if self.measuring:  # a tuple key: no string formatting inside the measured window
+            key = (kind, result.outcome)
             self.outcomes[key] = self.outcomes.get(key, 0) + 1
             if result.outcome is not Outcome.SUCCESS and len(self.failures) < 5:
                 self.failures.append(result.message)
@@ -168,7 +168,8 @@ async def measure(phase: str, tally: Tally, warmup: float, seconds: float, stop)
         "p50_ms": 1000 * statistics.median(late),
         "p99_ms": 1000 * late[min(len(late) - 1, int(0.99 * len(late)))],
         "probes_per_second": sum(tally.outcomes.values()) / (wall1 - wall0),
-        "outcomes": tally.outcomes,
+        "outcomes": {key if isinstance(key, str) else f"{key[0].short}:{key[1].value}": runs
+                     for key, runs in tally.outcomes.items()},
         "sample_failures": tally.failures,
     }
 
