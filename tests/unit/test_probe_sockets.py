@@ -110,6 +110,31 @@ def test_a_host_out_of_sockets_is_an_error_not_a_failure(monkeypatch):
     assert result.message == "cannot open a socket on the host: Too many open files"
 
 
+def test_an_address_family_the_host_lacks_is_skipped_not_an_error(monkeypatch):
+    real_open = sockets._open
+
+    def no_ipv6(family):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EAFNOSUPPORT, os.strerror(errno.EAFNOSUPPORT))
+        return real_open(family)
+
+    monkeypatch.setattr(sockets, "_open", no_ipv6)
+    monkeypatch.setattr(sockets, "_current", None)
+    server = listener()
+    port = server.getsockname()[1]
+    with server:
+        reached = asyncio.run(run_probe(probe_of(spec.TcpSocket(port=port)),
+                                        FakeAccess(addrs=["fd00::5", "127.0.0.1"])))
+        conn, _ = server.accept()
+        conn.close()
+    only_ipv6 = asyncio.run(run_probe(probe_of(spec.TcpSocket(port=port)),
+                                      FakeAccess(addrs=["fd00::5"])))
+    assert reached.outcome is Outcome.SUCCESS, reached.message
+    assert only_ipv6.outcome is Outcome.FAILURE  # counted: the guest is unreachable
+    assert "[fd00::5]:" in only_ipv6.message
+    assert "address family not supported" in only_ipv6.message.lower()
+
+
 def test_without_reuse_connections_still_end_with_a_reset(monkeypatch):
     monkeypatch.setattr(sockets, "_dissolve", None)
     result, ended = tcp_probe_and_how_it_ended()

@@ -148,18 +148,20 @@ async def dial_first(hosts: list[str], port: int, deadline: float, *,
         for family, address in addresses:
             sink = sink_factory() if sink_factory is not None else None
             request = request_for(host) if request_for is not None else None
-            attempt = Dial(loop, family, address, deadline, request, sink)
+            attempt = None
             try:
+                attempt = Dial(loop, family, address, deadline, request, sink)
                 await attempt.done
             except (TimeoutError, ConnectionResetError, BrokenPipeError):
                 # OSErrors too, but verdicts on the whole probe: out of time, or a
                 # server that accepted and then broke off mid-answer.
                 raise
-            except OSError as exc:  # refused, unreachable, no route: try the next one
+            except OSError as exc:  # refused, unreachable, no IPv6 here: try the next one
                 problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
                 continue
             except asyncio.CancelledError:
-                attempt.abort()  # the probe was cancelled: reset the connection now
+                if attempt is not None:
+                    attempt.abort()  # the probe was cancelled: reset the connection now
                 raise
             return host, sink
     raise ConnectFailed("; ".join(problems))

@@ -13,8 +13,10 @@ and hand every received byte to a `sink` until it says it has read enough or the
 closes. Its future resolves to None, or fails with OSError (refused, unreachable...)
 or TimeoutError at the absolute `deadline` (loop time, on the 5 ms grid of
 coarse_timers.py): the caller passes the same deadline to every attempt of a probe,
-so the whole probe stays within timeoutSeconds. A host that cannot open a socket at
-all raises HostSocketError from the constructor: that says nothing about the guest.
+so the whole probe stays within timeoutSeconds. A host out of sockets (EMFILE,
+ENFILE, ENOBUFS, ENOMEM) raises HostSocketError from the constructor: that says
+nothing about the guest. Other socket() errors (no IPv6 on this host, say) are
+raised as they are, like a refused address: the caller moves on to the next one.
 
 Connections end with a reset, as HAProxy's health checks do: once a probe has its
 answer nothing is left to deliver, and an orderly close by the host would leave one
@@ -38,6 +40,8 @@ _READ_SIZE = 64 * 1024
 _CONNECTING = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
 _BROKEN = select.EPOLLERR | select.EPOLLHUP
 _ANSWER = select.EPOLLIN | select.EPOLLRDHUP | _BROKEN
+# socket() failures that mean the host ran out of something, not that the address is bad.
+_HOST_EXHAUSTED = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 class HostSocketError(Exception):
@@ -84,8 +88,10 @@ class Dial:
         try:
             self._sock: socket.socket | None = self._sockets.take(family, self._on_event)
         except OSError as exc:
-            raise HostSocketError(f"cannot open a socket on the host: "
-                                  f"{exc.strerror or exc}") from None
+            if exc.errno in _HOST_EXHAUSTED:
+                raise HostSocketError(f"cannot open a socket on the host: "
+                                      f"{exc.strerror or exc}") from None
+            raise  # e.g. no IPv6 on this host: that address cannot be tried, others can
         coarse_timers.SHARED.call_at(loop, deadline, self._expire)
         code = self._sock.connect_ex(address)
         if code == 0:
