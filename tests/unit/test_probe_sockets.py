@@ -197,3 +197,19 @@ def test_a_new_event_loop_closes_the_old_loops_idle_sockets():
         for _ in range(5):  # five loops: each replaces the last one's sockets
             asyncio.run(probes(3))
         assert open_fds() == before
+
+
+def test_https_probe_on_a_host_out_of_sockets_is_an_error_too():
+    async def scenario():
+        loop = asyncio.get_running_loop()
+
+        async def no_socket(*args, **kwargs):
+            raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+
+        loop.create_connection = no_socket  # type: ignore[method-assign]
+        handler = spec.HttpGet(port=443, scheme=spec.Scheme.HTTPS)
+        return await run_probe(probe_of(handler), FakeAccess())
+
+    result = asyncio.run(scenario())
+    assert result.outcome is Outcome.ERROR
+    assert result.message == "cannot open a socket on the host: Too many open files"

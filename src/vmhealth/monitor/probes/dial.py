@@ -48,6 +48,13 @@ class HostSocketError(Exception):
     """The host could not open a socket (out of file descriptors, say): not the guest's fault."""
 
 
+def raise_if_host_exhausted(exc: OSError) -> None:
+    """HostSocketError when `exc` means the host ran out of sockets (any transport)."""
+    if exc.errno in _HOST_EXHAUSTED:
+        raise HostSocketError(f"cannot open a socket on the host: "
+                              f"{exc.strerror or exc}") from None
+
+
 class Sink(Protocol):
     def feed(self, data: bytes) -> bool:
         """Take received bytes; True when nothing more needs reading (may raise)."""
@@ -88,9 +95,7 @@ class Dial:
         try:
             self._sock: socket.socket | None = self._sockets.take(family, self._on_event)
         except OSError as exc:
-            if exc.errno in _HOST_EXHAUSTED:
-                raise HostSocketError(f"cannot open a socket on the host: "
-                                      f"{exc.strerror or exc}") from None
+            raise_if_host_exhausted(exc)
             raise  # e.g. no IPv6 on this host: that address cannot be tried, others can
         coarse_timers.SHARED.call_at(loop, deadline, self._expire)
         code = self._sock.connect_ex(address)

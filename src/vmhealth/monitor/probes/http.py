@@ -42,6 +42,7 @@ from vmhealth.monitor.probes.common import (
     run_on_targets,
     with_timeout,
 )
+from vmhealth.monitor.probes.dial import raise_if_host_exhausted
 
 USER_AGENT = f"vmhealth/{__version__}"
 MAX_REDIRECTS = 10  # kubelet (Go's http.Client): "stopped after 10 redirects"
@@ -236,6 +237,7 @@ async def _tls_exchange(hosts: list[str], port: int, request_for: Callable[[str]
                                          ssl=_insecure_tls_context(),
                                          server_hostname=server_hostname or "")
         except OSError as exc:
+            raise_if_host_exhausted(exc)  # the host's trouble, as on the plain path
             problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
             continue
         try:
