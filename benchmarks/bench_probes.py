@@ -12,7 +12,7 @@ daemon-side figures. Three phases, each after a warm-up, repeated in interleaved
 rounds (the machine is shared and noisy: the median run of each phase is reported,
 with the range of its CPU figures):
 
-- baseline: the same DomainProbers with a no-op probe runner (scheduling only);
+- baseline: the same DomainProbers with no-op probes (scheduling only);
 - floor: no vmhealth code at all: the same connections at the same rate (1,000 HTTP
   GETs and 1,000 TCP connects a second) made by the leanest code known
   (floor_probing.py), with no state, results or metrics: what the kernel and the
@@ -48,7 +48,7 @@ from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.interfaces import Outcome, ProbeResult
 from vmhealth.monitor.metrics import Metrics
 from vmhealth.monitor.prober import DomainProber, LoopClock
-from vmhealth.monitor.probes import run_probe
+from vmhealth.monitor.probes import starter_for
 
 TARGETS = {"cpu_percent": 15.0, "rss_mb": 120.0, "p99_ms": 50.0}
 HERE = Path(__file__).resolve().parent
@@ -63,6 +63,9 @@ class FakeGuest:
         self.name = name
 
     async def addresses(self) -> list[str]:
+        return ["127.0.0.1"]
+
+    def cached_addresses(self) -> list[str]:
         return ["127.0.0.1"]
 
     async def agent_command(self, command, timeout):
@@ -107,8 +110,13 @@ class CountingMonitor(DomainMonitor):
         self.tally.count(kind, result)
 
 
-async def noop_runner(probe, access) -> ProbeResult:
-    return ProbeResult(Outcome.SUCCESS, "no-op", 0.0, time.time())
+def noop_starters(probe):
+    """Probes that do nothing: each run succeeds on the next turn of the event loop."""
+    def start(access, on_done):
+        asyncio.get_running_loop().call_soon(
+            on_done, ProbeResult(Outcome.SUCCESS, "no-op", 0.0, time.time()))
+        return lambda: None
+    return start
 
 
 def domain_spec(port: int) -> spec.HealthSpec:
@@ -132,13 +140,13 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
         floor = FloorProbing(ports, domains, tally)
         floor.start()
         return await measure(phase, tally, warmup, seconds, floor.stop)
-    runner = noop_runner if phase == "baseline" else run_probe
+    starters = noop_starters if phase == "baseline" else starter_for
     events, metrics = EventLog(), Metrics()
     probers, clock = [], LoopClock(CoarseTimers(grain))  # one grid for all, as in the daemon
     for i in range(domains):
         health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}")
         monitor = CountingMonitor(tally, f"uuid-{i}", health, access, events, metrics)
-        prober = DomainProber(health, access, monitor, runner=runner,
+        prober = DomainProber(health, access, monitor, starters=starters,
                               lateness_observer=tally.observe, clock=clock)
         monitor.attach(prober)
         probers.append(prober)

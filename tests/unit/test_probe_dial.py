@@ -139,11 +139,28 @@ def test_refused_first_address_moves_on_to_the_next():
     assert "connected to 127.0.0.1" in result.message
 
 
+class Attempt:
+    """A Dial whose end can be awaited (the probes hear of it through a callback)."""
+
+    def __init__(self, loop, family, address, deadline, request=None, sink=None):
+        self.done = loop.create_future()
+        self.dial = Dial(loop, family, address, deadline, self._ended, request, sink)
+        # The constructor never reports an end itself, even for an immediate failure.
+        assert not self.done.done()
+
+    def _ended(self, error):
+        assert not self.done.done(), "a Dial reports its end once"
+        if error is None:
+            self.done.set_result(None)
+        else:
+            self.done.set_exception(error)
+
+
 def test_dial_reports_refusal_as_connection_refused_error():
     async def scenario():
         loop = asyncio.get_running_loop()
         family, address = sockaddr("127.0.0.1", free_port())
-        attempt = Dial(loop, family, address, loop.time() + 2)
+        attempt = Attempt(loop, family, address, loop.time() + 2)
         await attempt.done
 
     with pytest.raises(ConnectionRefusedError):
@@ -164,7 +181,7 @@ def test_dial_deadline_while_waiting_for_an_answer():
     async def scenario():
         loop = asyncio.get_running_loop()
         family, address = sockaddr("127.0.0.1", port)
-        attempt = Dial(loop, family, address, loop.time() + 0.2, b"hello", Never())
+        attempt = Attempt(loop, family, address, loop.time() + 0.2, b"hello", Never())
         await attempt.done
 
     with server, pytest.raises(TimeoutError):

@@ -12,13 +12,18 @@ import os
 import socket
 
 import pytest
-from tests.unit.test_probe_dial import how_it_ended, listener, tcp_probe_and_how_it_ended
+from tests.unit.test_probe_dial import (
+    Attempt,
+    how_it_ended,
+    listener,
+    tcp_probe_and_how_it_ended,
+)
 from tests.unit.test_probes import FakeAccess, probe_of
 
 from vmhealth import spec
 from vmhealth.monitor.interfaces import Outcome
 from vmhealth.monitor.probes import run_probe, sockets
-from vmhealth.monitor.probes.dial import Dial, sockaddr
+from vmhealth.monitor.probes.dial import sockaddr
 
 
 def open_fds() -> int:
@@ -57,8 +62,8 @@ def test_a_given_back_socket_serves_the_next_connection():
         seen = []
         for _ in range(2):
             family, address = sockaddr("127.0.0.1", port)
-            attempt = Dial(loop, family, address, loop.time() + 2)
-            seen.append(attempt._sock.fileno())
+            attempt = Attempt(loop, family, address, loop.time() + 2)
+            seen.append(attempt.dial._sock.fileno())
             await attempt.done
             await asyncio.sleep(0)  # let a dispatch round that gave it back finish
         return seen, len(probe_sockets._idle[socket.AF_INET])
@@ -81,9 +86,9 @@ def test_a_reused_socket_still_connecting_reports_nothing():
     async def scenario():
         loop = asyncio.get_running_loop()
         family, address = sockaddr("127.0.0.1", answering.getsockname()[1])
-        await Dial(loop, family, address, loop.time() + 2).done  # connect, reset, give back
+        await Attempt(loop, family, address, loop.time() + 2).done  # connect, reset, give back
         family, address = sockaddr("127.0.0.1", full.getsockname()[1])
-        reused = Dial(loop, family, address, loop.time() + 0.3)
+        reused = Attempt(loop, family, address, loop.time() + 0.3)
         await reused.done
 
     with answering, full:
@@ -150,7 +155,7 @@ def test_idle_sockets_are_capped(monkeypatch):
     async def five_at_once():
         loop = asyncio.get_running_loop()
         family, address = sockaddr("127.0.0.1", port)
-        attempts = [Dial(loop, family, address, loop.time() + 2) for _ in range(5)]
+        attempts = [Attempt(loop, family, address, loop.time() + 2) for _ in range(5)]
         await asyncio.gather(*(attempt.done for attempt in attempts))
         await asyncio.sleep(0)
         return len(sockets.for_loop(loop)._idle[socket.AF_INET])

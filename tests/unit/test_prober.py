@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 import math
 import random
@@ -25,33 +26,27 @@ async def settle() -> None:
 
 
 class FakeClock:
-    """Time moves only when the test says so; sleepers wake in deadline order."""
+    """Time moves only when the test says so; callbacks run in time order."""
 
     def __init__(self) -> None:
         self.t = 0.0
-        self._sleepers: list = []
+        self._due: list = []
         self._seq = 0
 
     def now(self) -> float:
         return self.t
 
-    async def sleep_until(self, deadline: float) -> None:
-        if deadline <= self.t:
-            await asyncio.sleep(0)
-            return
-        future = asyncio.get_running_loop().create_future()
-        heapq.heappush(self._sleepers, (deadline, self._seq, future))
+    def call_at(self, when: float, callback) -> None:
+        heapq.heappush(self._due, (when, self._seq, callback))
         self._seq += 1
-        await future
 
     async def advance(self, seconds: float) -> None:
         target = self.t + seconds
         await settle()
-        while self._sleepers and self._sleepers[0][0] <= target:
-            deadline, _, future = heapq.heappop(self._sleepers)
-            self.t = deadline
-            if not future.done():
-                future.set_result(None)
+        while self._due and self._due[0][0] <= target:
+            when, _, callback = heapq.heappop(self._due)
+            self.t = max(self.t, when)
+            callback()
             await settle()
         self.t = target
         await settle()
@@ -59,22 +54,47 @@ class FakeClock:
 
 @dataclass
 class Script:
-    """Probe results by kind: each call takes the next outcome; the last one repeats."""
+    """Probe results by kind: each run takes the next outcome; the last one repeats.
+
+    A starter factory (see vmhealth.monitor.probes): results arrive through the
+    callback `takes` fake seconds after the start, or on the next loop turn.
+    """
 
     clock: FakeClock
     outcomes: dict[ProbeKind, list[Outcome]]
     calls: list[tuple[ProbeKind, float]] = field(default_factory=list)
     takes: float = 0.0  # how long each probe runs, in fake seconds
+    cancelled: int = 0
 
-    async def __call__(self, probe: spec.Probe, access) -> ProbeResult:
+    def __call__(self, probe: spec.Probe):
         kind = next(k for k, port in PORTS.items() if probe.handler.port == port)
-        self.calls.append((kind, self.clock.now()))
-        started = self.clock.now()
-        if self.takes:
-            await self.clock.sleep_until(started + self.takes)
-        queue = self.outcomes[kind]
-        outcome = queue.pop(0) if len(queue) > 1 else queue[0]
-        return ProbeResult(outcome, f"{kind.short} {outcome.value}", self.takes, started)
+
+        def start(access, on_done):
+            self.calls.append((kind, self.clock.now()))
+            started = self.clock.now()
+            queue = self.outcomes[kind]
+            outcome = queue.pop(0) if len(queue) > 1 else queue[0]
+            result = ProbeResult(outcome, f"{kind.short} {outcome.value}", self.takes, started)
+            live = [True]
+
+            def deliver():
+                if live[0]:
+                    live[0] = False
+                    on_done(result)
+
+            if self.takes:
+                self.clock.call_at(started + self.takes, deliver)
+            else:
+                asyncio.get_running_loop().call_soon(deliver)
+
+            def cancel():
+                if live[0]:
+                    live[0] = False
+                    self.cancelled += 1
+
+            return cancel
+
+        return start
 
     def times(self, kind: ProbeKind) -> list[float]:
         return [t for k, t in self.calls if k is kind]
@@ -131,14 +151,14 @@ class Harness:
         self.listener = Recorder()
         self.access = Access()
         self.prober = DomainProber(spec_, self.access, self.listener, clock=self.clock,
-                                   rng=rng, runner=self.script, lateness_observer=lateness)
+                                   rng=rng, starters=self.script, lateness_observer=lateness)
 
 
 def scenario(test):
     """Run an async test body in a fresh event loop."""
+    @functools.wraps(test)  # keeps the signature: pytest still hands out fixtures
     def wrapper(*args, **kwargs):
         asyncio.run(test(*args, **kwargs))
-    wrapper.__name__ = test.__name__
     return wrapper
 
 
@@ -376,10 +396,56 @@ async def test_stop_ends_probing_and_start_twice_is_refused():
 
 
 @scenario
-async def test_a_crashing_runner_is_logged_and_probing_goes_on():
+async def test_stop_and_reset_cancel_the_run_in_flight_and_ignore_its_result():
+    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [S]},
+                takes=0.5)
+    h.prober.start()
+    await h.clock.advance(0.2)  # the first run is in flight
+    h.prober.reset()
+    assert h.script.cancelled == 1
+    await h.clock.advance(0.2)  # the new run is in flight
+    await h.prober.stop()
+    assert h.script.cancelled == 2
+    await h.clock.advance(3)
+    assert h.listener.results == []  # neither run reported
+    assert h.script.times(ProbeKind.READINESS) == [0, 0.2]
+
+
+@scenario
+async def test_a_starter_that_raises_is_logged_and_probing_goes_on(caplog):
+    clock = FakeClock()
+    script = Script(clock, {ProbeKind.READINESS: [S]})
+    starts = []
+
+    def flaky(probe_):
+        start = script(probe_)
+
+        def maybe_crash(access, on_done):
+            starts.append(clock.now())
+            if len(starts) == 1:
+                raise RuntimeError("bug")
+            return start(access, on_done)
+
+        return maybe_crash
+
+    listener = Recorder()
+    prober = DomainProber(health(readiness=probe(ProbeKind.READINESS)), Access(), listener,
+                          clock=clock, starters=flaky)
+    prober.start()
+    await clock.advance(1.5)
+    assert starts == [0, 1]  # the next tick ran as usual
+    assert listener.flips(ProbeKind.READINESS) == [True]
+    assert "crashed" in caplog.text
+    await prober.stop()
+
+
+@scenario
+async def test_a_coroutine_handler_that_crashes_is_an_error_not_counted(caplog):
+    from vmhealth.monitor.probes import TaskStarter
+
     calls = []
 
-    async def flaky(probe_, access):
+    async def crash_once(probe_, access):
         calls.append(1)
         if len(calls) == 1:
             raise RuntimeError("bug")
@@ -388,11 +454,13 @@ async def test_a_crashing_runner_is_logged_and_probing_goes_on():
     clock = FakeClock()
     listener = Recorder()
     prober = DomainProber(health(readiness=probe(ProbeKind.READINESS)), Access(), listener,
-                          clock=clock, runner=flaky)
+                          clock=clock, starters=lambda p: TaskStarter(p, crash_once))
     prober.start()
-    await clock.advance(1.5)
-    assert len(calls) == 2
-    assert listener.flips(ProbeKind.READINESS) == [True]
+    await clock.advance(0.5)
+    # The crash came back as an ERROR (not counted) and was retried within the period.
+    assert listener.results == [(ProbeKind.READINESS, E, False), (ProbeKind.READINESS, S, True)]
+    assert "failed inside vmhealth" in caplog.text
+    assert "RuntimeError: bug" in caplog.text
     await prober.stop()
 
 
@@ -400,7 +468,7 @@ async def test_a_crashing_runner_is_logged_and_probing_goes_on():
 # LoopClock: the real clock's shared wake-up slots
 # ---------------------------------------------------------------------------
 
-def test_loop_clock_wakes_a_slot_with_one_timer_and_survives_a_cancelled_sleeper():
+def test_loop_clock_runs_a_slot_with_one_timer_never_early():
     from vmhealth.monitor.coarse_timers import CoarseTimers
     from vmhealth.monitor.prober import LoopClock
 
@@ -408,32 +476,30 @@ def test_loop_clock_wakes_a_slot_with_one_timer_and_survives_a_cancelled_sleeper
 
     async def scenario():
         loop = asyncio.get_running_loop()
-        # Just past a slot boundary, so all three deadlines share one 50 ms slot.
-        deadline = (math.ceil(loop.time() / 0.05) + 1) * 0.05 + 0.01
+        # Just past a slot boundary, so all three times share one 50 ms slot.
+        due = (math.ceil(loop.time() / 0.05) + 1) * 0.05 + 0.01
         timers = []
         real_call_at = loop.call_at
 
-        def counting_call_at(when, callback, *args):
+        def counting_call_at(when, callback, *args, **kwargs):
             timers.append(when)
-            return real_call_at(when, callback, *args)
+            return real_call_at(when, callback, *args, **kwargs)
 
         loop.call_at = counting_call_at  # type: ignore[method-assign]
-        woke = []
+        ran = []
+        all_ran = loop.create_future()
+        for name, offset in (("a", 0.0), ("b", 0.001), ("c", 0.002)):
+            def callback(name=name):
+                ran.append((name, loop.time()))
+                if len(ran) == 3:
+                    all_ran.set_result(None)
+            clock.call_at(due + offset, callback)
+        await asyncio.wait_for(all_ran, 5)
+        return timers, ran, due
 
-        async def sleeper(name, at):
-            await clock.sleep_until(at)
-            woke.append((name, loop.time()))
-
-        tasks = [asyncio.ensure_future(sleeper(n, deadline + d))
-                 for n, d in (("a", 0.0), ("b", 0.001), ("c", 0.002))]
-        await asyncio.sleep(0)
-        tasks[1].cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        return timers, woke, deadline
-
-    timers, woke, deadline = asyncio.run(scenario())
-    assert len(timers) == 1  # three sleepers, one slot, one timer
-    assert [name for name, _ in woke] == ["a", "c"]
-    assert all(at >= deadline for _, at in woke)
+    timers, ran, due = asyncio.run(scenario())
+    assert len([t for t in timers if t < due + 1]) == 1  # three callbacks, one slot, one timer
+    assert [name for name, _ in ran] == ["a", "b", "c"]
+    assert all(at >= due + 0.002 for _, at in ran)
     # The same clock serves a new event loop (each asyncio.run is one).
-    assert asyncio.run(scenario())[1][0][0] == "a"
+    assert [name for name, _ in asyncio.run(scenario())[1]] == ["a", "b", "c"]

@@ -30,9 +30,15 @@ class FakeAccess:
     agent: Any = None  # callable(command) -> return value, or raises
     commands: list[dict] = field(default_factory=list)
     name: str = "web1"
+    cached: bool = True  # False: cached_addresses() says "look them up" (a stale cache)
+    lookups: int = 0
 
     async def addresses(self) -> list[str]:
+        self.lookups += 1
         return list(self.addrs)
+
+    def cached_addresses(self) -> list[str] | None:
+        return list(self.addrs) if self.cached else None
 
     async def agent_command(self, command: dict, timeout: float) -> Any:
         self.commands.append(command)
@@ -332,8 +338,26 @@ def test_tcp_address_discovery_failure_is_error():
     class Broken(FakeAccess):
         async def addresses(self):
             raise AgentUnavailable("agent not connected")
-    result = run(run_probe(probe_of(spec.TcpSocket(port=22)), Broken()))
+    result = run(run_probe(probe_of(spec.TcpSocket(port=22)), Broken(cached=False)))
     assert result.outcome is Outcome.ERROR
+
+
+@pytest.mark.parametrize("handler_for_port", [
+    lambda port: spec.TcpSocket(port=port), lambda port: spec.HttpGet(port=port)])
+def test_addresses_are_looked_up_when_the_cache_is_stale(handler_for_port):
+    async def scenario():
+        state, server = await start_http({"/": Route()})
+        fresh, stale = FakeAccess(), FakeAccess(cached=False)
+        try:
+            results = [await run_probe(probe_of(handler_for_port(state.port)), access)
+                       for access in (fresh, stale)]
+        finally:
+            server.close()
+        return results, fresh.lookups, stale.lookups
+
+    results, fresh_lookups, stale_lookups = run(scenario())
+    assert [r.outcome for r in results] == [Outcome.SUCCESS, Outcome.SUCCESS]
+    assert (fresh_lookups, stale_lookups) == (0, 1)
 
 
 # ---------------------------------------------------------------------------

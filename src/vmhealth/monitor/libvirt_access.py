@@ -161,8 +161,9 @@ class LibvirtGuestAccess:
         self._address_lock = asyncio.Lock()
 
     async def addresses(self) -> list[str]:
-        if not self._addresses_stale():  # the common case: no lock, no await
-            return list(self._addresses)
+        cached = self.cached_addresses()
+        if cached is not None:  # the common case: no lock, no await
+            return cached
         async with self._address_lock:
             if self._addresses_stale():  # nobody refreshed them while we waited
                 loop = asyncio.get_running_loop()
@@ -170,6 +171,11 @@ class LibvirtGuestAccess:
                     self._control_pool, read_addresses, self.dom)
                 self._addresses_at = time.monotonic()
             return list(self._addresses)
+
+    def cached_addresses(self) -> list[str] | None:
+        if self._addresses_stale():
+            return None
+        return list(self._addresses)
 
     def _addresses_stale(self) -> bool:
         age = time.monotonic() - self._addresses_at

@@ -1,7 +1,10 @@
 """The per-domain probe state machine and scheduler.
 
-One `DomainProber` per monitored domain run; one asyncio task per configured probe
-kind. Semantics follow kubelet/KubeVirt (docs/probes.md) ("State machine"),
+One `DomainProber` per monitored domain run; each configured probe kind is a `_Worker`
+driven by clock callbacks, not a task: at 2,000 probes a second a task wake per probe
+costs more than the probe (docs/probes.md). A tick starts a run through the probe's
+starter (vmhealth.monitor.probes) and the run's result comes back as a callback.
+Semantics follow kubelet/KubeVirt (docs/probes.md) ("State machine"),
 which is kubelet's prober worker:
 
 - initial states: readiness not ready until its first success, liveness alive,
@@ -45,7 +48,7 @@ from vmhealth.monitor.interfaces import (
     ProbeResult,
     StateChange,
 )
-from vmhealth.monitor.probes import ProbeRunner, run_probe
+from vmhealth.monitor.probes import Cancel, StarterFactory, run_once, starter_for
 from vmhealth.spec import ProbeKind
 
 log = logging.getLogger(__name__)
@@ -68,18 +71,19 @@ HOLDING_KINDS = (ProbeKind.LIVENESS, ProbeKind.STARTUP)
 
 
 class Clock(Protocol):
-    """Monotonic time and sleeping, injectable so tests can drive time by hand."""
+    """Monotonic time and timed callbacks, injectable so tests can drive time by hand."""
 
     def now(self) -> float: ...
 
-    async def sleep_until(self, deadline: float) -> None: ...
+    def call_at(self, when: float, callback: Callable[[], object]) -> None:
+        """Call callback() at `when` or later (not cancellable: callers check staleness)."""
 
 
 class LoopClock:
-    """The event loop's monotonic clock, waking sleepers on a coarse grid.
+    """The event loop's monotonic clock, calling back on a coarse grid.
 
-    Wake-ups are rounded up to a multiple of the grid (5 ms), and all sleepers of one
-    grid slot are woken by a single loop timer (coarse_timers.py): with 2,000 probes a
+    Times are rounded up to a multiple of the grid (5 ms), and all callbacks of one
+    grid slot are run by a single loop timer (coarse_timers.py): with 2,000 probes a
     second that is one timer per slot instead of a timer and a heap entry per probe,
     for at most one grain of added lateness.
     """
@@ -90,20 +94,8 @@ class LoopClock:
     def now(self) -> float:
         return asyncio.get_running_loop().time()
 
-    async def sleep_until(self, deadline: float) -> None:
-        loop = asyncio.get_running_loop()
-        if self._timers.slot_time(deadline) <= loop.time():
-            await asyncio.sleep(0)
-            return
-        # A future per sleeper: a cancelled sleeper (prober reset) cancels only its own.
-        waiter = loop.create_future()
-        self._timers.call_at(loop, deadline, functools.partial(_wake, waiter))
-        await waiter
-
-
-def _wake(waiter: asyncio.Future) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
+    def call_at(self, when: float, callback: Callable[[], object]) -> None:
+        self._timers.call_at(asyncio.get_running_loop(), when, callback)
 
 
 # The clock every prober uses unless given one: sharing it is what lets one timer per
@@ -127,12 +119,19 @@ class ProbeSnapshot:
 
 
 class _Worker:
-    """Counters and published state of one probe kind within one domain run."""
+    """Counters, published state and schedule of one probe kind within one domain run."""
 
-    def __init__(self, kind: ProbeKind, probe: spec.Probe) -> None:
+    def __init__(self, kind: ProbeKind, probe: spec.Probe, starter: Callable) -> None:
         self.kind = kind
         self.probe = probe
-        self.task: asyncio.Task | None = None
+        self.start = starter
+        self.cancel: Cancel | None = None  # of the run in flight
+        self.tick = 0.0  # the scheduled time of the current or next probe
+        self.attempt = 0
+        self.suppressed_before: str | None = None
+        # Callbacks bound to one run of the prober (made once per run, not per tick).
+        self.on_tick: Callable[[], None] = _nothing
+        self.on_result: Callable[[ProbeResult], None] = _nothing
         self.clear()
 
     def clear(self) -> None:
@@ -151,6 +150,10 @@ class _Worker:
         return self.run_length
 
 
+def _nothing(*_args: object) -> None:
+    pass
+
+
 class DomainProber:
     """Runs one domain's probes and reports to a ProbeListener.
 
@@ -160,24 +163,25 @@ class DomainProber:
 
     def __init__(self, health: spec.HealthSpec, access: GuestAccess,
                  listener: ProbeListener, *, clock: Clock | None = None,
-                 rng: random.Random | None = None, runner: ProbeRunner = run_probe,
+                 rng: random.Random | None = None, starters: StarterFactory = starter_for,
                  lateness_observer: Callable[[ProbeKind, float], None] | None = None,
                  ) -> None:
         self._access = access
         self._listener = listener
         self._clock = clock or SHARED_CLOCK
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._runner = runner
         self._lateness_observer = lateness_observer
-        self._workers = {kind: _Worker(kind, probe) for kind, probe in health.probes().items()}
+        self._workers = {kind: _Worker(kind, probe, starters(probe))
+                         for kind, probe in health.probes().items()}
         self._has_startup = ProbeKind.STARTUP in self._workers
         self._startup_passed = not self._has_startup
-        self._run = 0  # bumped by every (re)start, so a stale task never publishes
+        self._run = 0  # bumped by every (re)start and stop, so a stale callback does nothing
+        self._active = False
 
     # -- lifecycle -------------------------------------------------------------
     @property
     def running(self) -> bool:
-        return any(w.task is not None and not w.task.done() for w in self._workers.values())
+        return self._active
 
     def start(self, *, jitter_first_probe: bool = False, run_age_seconds: float = 0.0) -> None:
         """Begin probing.
@@ -197,7 +201,7 @@ class DomainProber:
         Publishes the kinds whose state changes back to its initial value (e.g. a held
         liveness returns to alive, readiness to not ready).
         """
-        self._cancel()
+        self._cancel()  # what a cancelled run was still unwinding is left to finish
         self._startup_passed = not self._has_startup
         for worker in self._workers.values():
             before = worker.healthy
@@ -216,21 +220,29 @@ class DomainProber:
 
     def _cancel(self) -> list[asyncio.Task]:
         self._run += 1
-        tasks = [w.task for w in self._workers.values() if w.task is not None]
-        for task in tasks:
-            task.cancel()
+        self._active = False
+        tasks = []
         for worker in self._workers.values():
-            worker.task = None
+            cancel, worker.cancel = worker.cancel, None
+            if cancel is not None:
+                task = cancel()
+                if task is not None:
+                    tasks.append(task)
         return tasks
 
     def _launch(self, *, jitter_first_probe: bool, run_age_seconds: float) -> None:
         self._run += 1
-        run_started = self._clock.now() - run_age_seconds
-        loop = asyncio.get_running_loop()
+        self._active = True
+        run, clock = self._run, self._clock
+        now = clock.now()
+        run_started = now - run_age_seconds
         for worker in self._workers.values():
-            worker.task = loop.create_task(
-                self._work(worker, self._run, run_started, jitter_first_probe),
-                name=f"probe {self._access.name} {worker.kind.short}")
+            probe = worker.probe
+            worker.on_tick = functools.partial(self._on_tick, worker, run)
+            worker.on_result = functools.partial(self._on_result, worker, run)
+            jitter = self._rng.random() * probe.period_seconds if jitter_first_probe else 0.0
+            worker.tick = max(now + jitter, run_started + probe.initial_delay_seconds)
+            clock.call_at(worker.tick, worker.on_tick)
 
     # -- queries ---------------------------------------------------------------
     def snapshot(self) -> dict[ProbeKind, ProbeSnapshot]:
@@ -246,50 +258,69 @@ class DomainProber:
         worker = self._workers.get(kind)
         if worker is None:
             raise LookupError(f"domain {self._access.name} has no {kind.value}")
-        return await self._runner(worker.probe, self._access)
+        return await run_once(worker.start, self._access)
 
     # -- the worker ------------------------------------------------------------
     def _gated(self, worker: _Worker) -> bool:
         return worker.kind is not ProbeKind.STARTUP and not self._startup_passed
 
-    async def _work(self, worker: _Worker, run: int, run_started: float,
-                    jitter: bool) -> None:
-        clock = self._clock
-        period = worker.probe.period_seconds
-        if jitter:
-            await clock.sleep_until(clock.now() + self._rng.random() * period)
-        tick = max(clock.now(), run_started + worker.probe.initial_delay_seconds)
-        while run == self._run and not worker.finished:
-            await clock.sleep_until(tick)
-            if run != self._run:
-                return
-            if not worker.on_hold and not self._gated(worker):
-                if self._lateness_observer is not None:
-                    self._lateness_observer(worker.kind, clock.now() - tick)
-                try:
-                    await self._probe_and_count(worker, run, period_end=tick + period)
-                except Exception:
-                    # A bug must not silently end this domain's monitoring.
-                    log.exception("probe %s of %s crashed", worker.kind.short,
-                                  self._access.name)
-            tick += period
-            now = clock.now()
-            if tick < now:  # the probe ran past its period: skip the ticks it missed
-                tick += ((now - tick) // period + 1) * period
+    def _on_tick(self, worker: _Worker, run: int) -> None:
+        if run != self._run or worker.finished:
+            return
+        if worker.on_hold or self._gated(worker):
+            self._schedule_next(worker)
+            return
+        if self._lateness_observer is not None:
+            self._lateness_observer(worker.kind, self._clock.now() - worker.tick)
+        worker.attempt = 1
+        self._attempt(worker)
 
-    async def _probe_and_count(self, worker: _Worker, run: int, *, period_end: float) -> None:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
-            suppressed_before = self._access.suppression_reason()
-            result = await self._runner(worker.probe, self._access)
-            if run != self._run:
-                return  # reset or stopped while the probe ran
-            worker.last_result = result
-            if result.outcome is not Outcome.ERROR:
-                self._count(worker, result, suppressed_before)
-                return
-            self._listener.on_result(worker.kind, result, counted=False)
-            if attempt == MAX_ATTEMPTS or self._clock.now() >= period_end:
-                return
+    def _attempt(self, worker: _Worker) -> None:
+        worker.suppressed_before = self._access.suppression_reason()
+        try:
+            worker.cancel = worker.start(self._access, worker.on_result)
+        except Exception:
+            # A bug must not silently end this domain's monitoring.
+            log.exception("probe %s of %s crashed", worker.kind.short, self._access.name)
+            self._schedule_next(worker)
+
+    def _on_result(self, worker: _Worker, run: int, result: ProbeResult) -> None:
+        if run != self._run:
+            return  # reset or stopped while the probe ran
+        worker.cancel = None
+        try:
+            retry = self._take(worker, result)
+        except Exception:
+            log.exception("counting probe %s of %s failed", worker.kind.short,
+                          self._access.name)
+            retry = False
+        if run != self._run or worker.finished:
+            return  # the listener reset or stopped the prober; a startup probe is done
+        if retry:
+            worker.attempt += 1
+            self._attempt(worker)
+        else:
+            self._schedule_next(worker)
+
+    def _schedule_next(self, worker: _Worker) -> None:
+        """The next tick; ticks missed because a probe ran long are skipped, not run late."""
+        period = worker.probe.period_seconds
+        tick = worker.tick + period
+        now = self._clock.now()
+        if tick < now:
+            tick += ((now - tick) // period + 1) * period
+        worker.tick = tick
+        self._clock.call_at(tick, worker.on_tick)
+
+    def _take(self, worker: _Worker, result: ProbeResult) -> bool:
+        """Count one result; True when an ERROR is to be retried within this period."""
+        worker.last_result = result
+        if result.outcome is not Outcome.ERROR:
+            self._count(worker, result, worker.suppressed_before)
+            return False
+        self._listener.on_result(worker.kind, result, counted=False)
+        return (worker.attempt < MAX_ATTEMPTS
+                and self._clock.now() < worker.tick + worker.probe.period_seconds)
 
     def _count(self, worker: _Worker, result: ProbeResult,
                suppressed_before: str | None) -> None:

@@ -8,6 +8,7 @@ counted); a clean negative answer is a FAILURE.
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import sys
 import time
@@ -22,9 +23,10 @@ from vmhealth.monitor.interfaces import (
     ProbeResult,
 )
 from vmhealth.monitor.probes.dial import Dial, HostSocketError, Sink, sockaddr
-from vmhealth.spec import Probe
 
 T = TypeVar("T")
+OnDone = Callable[[ProbeResult], None]
+log = logging.getLogger(__name__)
 
 # Kubelet reads at most 10 KiB of an HTTP body or exec output (probe-semantics.md).
 OUTPUT_CAP_BYTES = 10 * 1024
@@ -58,40 +60,10 @@ else:  # pragma: no cover - exercised on EL9's Python 3.9
             raise TimeoutError from exc
 
 
-async def run_on_targets(probe: Probe, spec_host: str | None, access: GuestAccess,
-                         attempt: Callable[[list[str], ProbeClock, float], Awaitable[ProbeResult]],
-                         timeout_message: str) -> ProbeResult:
-    """The frame of every network probe: find the targets, then run `attempt(hosts,
-    clock, deadline)` with the probe's timeoutSeconds as one absolute deadline (loop
-    time); no address yet is an ERROR, and so is a host out of sockets; the deadline
-    passing is a FAILURE.
-
-    Targets: the spec's host, else the guest's addresses (IPv4 and IPv6), best first.
-    """
-    clock = ProbeClock()
-    if spec_host:
-        hosts = [spec_host]
-    else:
-        try:
-            hosts = await access.addresses()
-        except (AgentUnavailable, AgentError, OSError):
-            hosts = []  # address discovery failed: nothing to try this time
-        if not hosts:
-            return no_address(clock, access)
-    deadline = asyncio.get_running_loop().time() + probe.timeout_seconds
-    try:
-        return await attempt(hosts, clock, deadline)
-    except TimeoutError:
-        return clock.result(Outcome.FAILURE, timeout_message)
-    except HostSocketError as exc:  # the host's trouble, not the guest's: not counted
-        return clock.result(Outcome.ERROR, str(exc))
-
-
-def no_address(clock: ProbeClock, access: GuestAccess) -> ProbeResult:
-    return clock.result(Outcome.ERROR,
-                        f"no IP address known for guest {access.name} yet "
-                        "(no DHCP lease, agent or ARP entry); set the probe's host to skip "
-                        "address discovery")
+def no_address_message(access: GuestAccess) -> str:
+    return (f"no IP address known for guest {access.name} yet "
+            "(no DHCP lease, agent or ARP entry); set the probe's host to skip "
+            "address discovery")
 
 
 def host_for_url(host: str) -> str:
@@ -121,55 +93,236 @@ class ConnectFailed(Exception):
     """No address of the guest accepted the connection; the message names each attempt."""
 
 
-async def dial_first(hosts: list[str], port: int, deadline: float, *,
-                     request_for: Callable[[str], bytes] | None = None,
-                     sink_factory: Callable[[], Sink] | None = None) -> tuple[str, Sink | None]:
-    """Connect to the first of `hosts` that accepts, in order; returns (host, sink).
+class NetworkRun:
+    """One run of a network probe (tcpSocket, httpGet), driven by callbacks, not a task.
 
-    With `request_for`, send request_for(host) and read the answer into a new sink
-    from `sink_factory` (see dial.Dial). A refused or unreachable address moves on to
-    the next one (kubelet dials one address; a VM has several); an answer the sink
-    rejects ends the probe. Every attempt shares the absolute `deadline` (loop time):
-    TimeoutError when it passes. IP literals skip the resolver; a host name from the
-    spec is resolved by the loop, within the same deadline.
+    At 2,000 probes a second a task, its coroutines and futures per probe cost more CPU
+    than the connection itself (docs/probes.md), so the common path runs from the
+    event loop's callbacks: the prober starts a run, the sockets' epoll (dial.py)
+    drives it, and `on_done(result)` ends it. Only the rare paths run in a task:
+    looking the guest's addresses up, resolving a host name, and TLS.
+
+    `start()` finds the targets - the spec's host, else the guest's addresses (IPv4
+    and IPv6, best first), from `access.cached_addresses()` at once or awaited from
+    `access.addresses()` - and calls `begin(hosts)`. A subclass then connects with
+    `dial()` (each address in order until one accepts: kubelet dials one address, a VM
+    has several) or `run_in_task()`, hears back in `exchanged(host, sink, error)`, and
+    ends with `finish()`. timeoutSeconds runs from when the targets are known, as one
+    absolute deadline (loop time) for every attempt and redirect.
+
+    Outcomes: no address yet, or a host out of sockets, is an ERROR (retried, never
+    counted); the deadline passing is a FAILURE. `on_done` is called exactly once,
+    never before `start()` returns and never after `cancel()`.
     """
-    loop = asyncio.get_running_loop()
-    problems = []
-    for host in hosts:
-        literal = sockaddr(host, port)
-        if literal is not None:  # the common case: no resolver, no extra coroutine
-            addresses = [literal]
+
+    __slots__ = ("loop", "access", "deadline", "_timeout", "_on_done", "_started_at",
+                 "_t0", "_starting", "_dial", "_task", "_candidates", "_next", "_problems",
+                 "_port", "_exchanging", "_host", "_sink")
+
+    def __init__(self, timeout: float, access: GuestAccess, on_done: OnDone) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.access = access
+        self._timeout = timeout
+        self._on_done: OnDone | None = on_done
+        self._started_at = time.time()
+        self._t0 = time.monotonic()
+        self._starting = True
+        self._dial: Dial | None = None
+        self._task: asyncio.Task | None = None
+        self.deadline = 0.0
+
+    # -- what a subclass provides ------------------------------------------------------
+    def begin(self, hosts: list[str]) -> None:
+        raise NotImplementedError
+
+    def exchanged(self, host: str | None, sink: Sink | None,
+                  error: BaseException | None) -> None:
+        """The attempt ended: error None, ConnectFailed, or the verdict of a server that
+        answered (an OSError such as a reset, or the sink's own exception)."""
+        raise NotImplementedError
+
+    def timeout_message(self) -> str:
+        raise NotImplementedError
+
+    def request_for(self, host: str) -> bytes:
+        """The request to send to `host` (only for dial(..., exchange=True))."""
+        raise NotImplementedError
+
+    def new_sink(self) -> Sink:
+        """A sink for one answer (only for dial(..., exchange=True))."""
+        raise NotImplementedError
+
+    # -- the run ---------------------------------------------------------------------
+    def start(self, spec_host: str | None) -> Callable[[], asyncio.Task | None]:
+        """Begin; returns `cancel`, which returns the task to wait for, if any."""
+        try:
+            if spec_host:
+                self._targets_found([spec_host])
+            else:
+                hosts = self.access.cached_addresses()
+                if hosts is None:
+                    self._task = self.loop.create_task(self._look_up_addresses())
+                else:
+                    self._targets_found(hosts)
+        finally:
+            self._starting = False
+        return self.cancel
+
+    def cancel(self) -> asyncio.Task | None:
+        self._on_done = None
+        if self._dial is not None:
+            self._dial.abort()
+            self._dial = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+        return task
+
+    def finish(self, outcome: Outcome, message: str) -> None:
+        on_done, self._on_done = self._on_done, None
+        if on_done is None:
+            return  # cancelled, or already finished
+        result = ProbeResult(outcome, message, time.monotonic() - self._t0, self._started_at)
+        if self._starting:  # keep the promise: never before start() returns
+            self.loop.call_soon(on_done, result)
+        else:
+            on_done(result)
+
+    def _targets_found(self, hosts: list[str]) -> None:
+        if not hosts:
+            self.finish(Outcome.ERROR, no_address_message(self.access))
+            return
+        self.deadline = self.loop.time() + self._timeout
+        try:  # inline rather than through _guarded: one call less on the hot path
+            self.begin(hosts)
+        except Exception as exc:  # noqa: BLE001 - reported, logged, and the run ends
+            self._failed_inside(exc)
+
+    async def _look_up_addresses(self) -> None:
+        try:
+            hosts = await self.access.addresses()
+        except (AgentUnavailable, AgentError, OSError):
+            hosts = []  # address discovery failed: nothing to try this time
+        self._task = None
+        self._targets_found(hosts)
+
+    def _guarded(self, step: Callable[..., None], *args: object) -> None:
+        """Run one step; a bug in it ends this run with an ERROR instead of stalling it."""
+        try:
+            step(*args)
+        except Exception as exc:  # noqa: BLE001 - reported, logged, and the run ends
+            self._failed_inside(exc)
+
+    def _failed_inside(self, exc: Exception) -> None:
+        log.error("probe of %s failed inside vmhealth", self.access.name, exc_info=exc)
+        self.finish(Outcome.ERROR, f"vmhealth could not run the probe ({type(exc).__name__}; "
+                                   "see the daemon's log)")
+
+    # -- connecting ------------------------------------------------------------------
+    def dial(self, hosts: list[str], port: int, *, exchange: bool = False) -> None:
+        """Connect to the first of `hosts` that accepts, in order; with `exchange`,
+        send request_for(host) and feed the answer to new_sink() (see dial.Dial).
+        Ends in `exchanged`. IP literals are dialled at once; host names are resolved
+        first, in a task, within the deadline.
+
+        (No callables are kept on the run: a bound method or closure stored on it
+        would make a reference cycle per probe for the cyclic garbage collector.)"""
+        self._port, self._exchanging = port, exchange
+        self._problems: list[str] = []
+        self._next = 0
+        candidates = []
+        for host in hosts:
+            literal = sockaddr(host, port)
+            if literal is None:
+                self._task = self.loop.create_task(self._resolve_then_dial(hosts, port))
+                return
+            candidates.append((host, *literal))
+        self._candidates = candidates
+        self._dial_next()
+
+    def run_in_task(self, exchange: Awaitable[tuple[str, Sink]]) -> None:
+        """Run an exchange as a task within the deadline (TLS); ends in `exchanged`."""
+        self._task = self.loop.create_task(self._await_exchange(exchange))
+
+    async def _await_exchange(self, exchange: Awaitable[tuple[str, Sink]]) -> None:
+        try:
+            host, sink = await with_timeout(exchange, max(0.0, self.deadline - self.loop.time()))
+        except Exception as exc:  # noqa: BLE001 - handed to _ended as the verdict
+            self._task = None
+            self._ended(None, None, exc)
+            return
+        self._task = None
+        self._ended(host, sink, None)
+
+    async def _resolve_then_dial(self, hosts: list[str], port: int) -> None:
+        candidates = []
+        for host in hosts:
+            literal = sockaddr(host, port)
+            if literal is not None:
+                candidates.append((host, *literal))
+                continue
+            try:
+                infos = await with_timeout(
+                    self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                          proto=socket.IPPROTO_TCP),
+                    max(0.0, self.deadline - self.loop.time()))
+            except TimeoutError:
+                self._task = None
+                self.finish(Outcome.FAILURE, self.timeout_message())
+                return
+            except OSError as exc:
+                self._note_problem(host, exc)
+                continue
+            candidates.extend((host, family, address)
+                              for family, _type, _proto, _name, address in infos)
+        self._task = None
+        self._candidates = candidates
+        self._guarded(self._dial_next)
+
+    def _dial_next(self) -> None:
+        candidates, loop = self._candidates, self.loop
+        while self._next < len(candidates):
+            host, family, address = candidates[self._next]
+            self._next += 1
+            sink = request = None
+            if self._exchanging:
+                sink, request = self.new_sink(), self.request_for(host)
+            try:
+                self._dial = Dial(loop, family, address, self.deadline, self._dial_ended,
+                                  request, sink)
+            except HostSocketError as exc:  # the host's trouble, not the guest's
+                self.finish(Outcome.ERROR, str(exc))
+                return
+            except OSError as exc:  # no route, no IPv6 here: try the next address
+                self._note_problem(host, exc)
+                continue
+            self._host, self._sink = host, sink
+            return
+        self._dial = None
+        self._ended(None, None, ConnectFailed("; ".join(self._problems)))
+
+    def _dial_ended(self, error: BaseException | None) -> None:
+        self._dial = None
+        if (error is None or not isinstance(error, OSError)
+                or isinstance(error, (TimeoutError, ConnectionResetError, BrokenPipeError))):
+            # An answer, or a verdict on the whole probe: out of time, a server that
+            # accepted and then broke off mid-answer, an answer the sink rejected.
+            self._ended(self._host, self._sink, error)
+            return
+        # Refused or unreachable: try the next address.
+        self._note_problem(self._host, error)
+        self._guarded(self._dial_next)
+
+    def _note_problem(self, host: str, error: OSError) -> None:
+        self._problems.append(f"{host_for_url(host)}:{self._port}: {describe_os_error(error)}")
+
+    def _ended(self, host: str | None, sink: Sink | None, error: BaseException | None) -> None:
+        if isinstance(error, TimeoutError):
+            self.finish(Outcome.FAILURE, self.timeout_message())
+        elif isinstance(error, HostSocketError):
+            self.finish(Outcome.ERROR, str(error))
         else:
             try:
-                addresses = await _resolve_name(loop, host, port, deadline)
-            except OSError as exc:
-                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
-                continue
-        for family, address in addresses:
-            sink = sink_factory() if sink_factory is not None else None
-            request = request_for(host) if request_for is not None else None
-            attempt = None
-            try:
-                attempt = Dial(loop, family, address, deadline, request, sink)
-                await attempt.done
-            except (TimeoutError, ConnectionResetError, BrokenPipeError):
-                # OSErrors too, but verdicts on the whole probe: out of time, or a
-                # server that accepted and then broke off mid-answer.
-                raise
-            except OSError as exc:  # refused, unreachable, no IPv6 here: try the next one
-                problems.append(f"{host_for_url(host)}:{port}: {describe_os_error(exc)}")
-                continue
-            except asyncio.CancelledError:
-                if attempt is not None:
-                    attempt.abort()  # the probe was cancelled: reset the connection now
-                raise
-            return host, sink
-    raise ConnectFailed("; ".join(problems))
-
-
-async def _resolve_name(loop: asyncio.AbstractEventLoop, host: str, port: int,
-                        deadline: float) -> list[tuple[int, tuple]]:
-    infos = await with_timeout(
-        loop.getaddrinfo(host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP),
-        max(0.0, deadline - loop.time()))
-    return [(family, address) for family, _type, _proto, _name, address in infos]
+                self.exchanged(host, sink, error)
+            except Exception as exc:  # noqa: BLE001 - reported, logged, and the run ends
+                self._failed_inside(exc)

@@ -10,13 +10,14 @@ transports: it is rare and its handshake dwarfs the rest.
 
 One `Dial` is one attempt at one address: connect, then optionally send one request
 and hand every received byte to a `sink` until it says it has read enough or the peer
-closes. Its future resolves to None, or fails with OSError (refused, unreachable...)
-or TimeoutError at the absolute `deadline` (loop time, on the 5 ms grid of
-coarse_timers.py): the caller passes the same deadline to every attempt of a probe,
-so the whole probe stays within timeoutSeconds. A host out of sockets (EMFILE,
-ENFILE, ENOBUFS, ENOMEM) raises HostSocketError from the constructor: that says
-nothing about the guest. Other socket() errors (no IPv6 on this host, say) are
-raised as they are, like a refused address: the caller moves on to the next one.
+closes. It calls `on_end(error)` once: None, an OSError (refused, unreachable...) or
+TimeoutError at the absolute `deadline` (loop time, on the 5 ms grid of
+coarse_timers.py); the caller passes the same deadline to every attempt of a probe,
+so the whole probe stays within timeoutSeconds. `on_end` is only ever called from the
+event loop, never from the constructor: what fails at once is raised there instead. A
+host out of sockets (EMFILE, ENFILE, ENOBUFS, ENOMEM) raises HostSocketError: that
+says nothing about the guest. Other immediate errors (no IPv6 on this host, no route)
+are raised as OSError, like a refused address: the caller moves on to the next one.
 
 Connections end with a reset, as HAProxy's health checks do: once a probe has its
 answer nothing is left to deliver, and an orderly close by the host would leave one
@@ -31,7 +32,7 @@ import errno
 import os
 import select
 import socket
-from typing import Protocol
+from typing import Callable, Protocol
 
 from vmhealth.monitor import coarse_timers
 from vmhealth.monitor.probes import sockets
@@ -65,31 +66,43 @@ class Sink(Protocol):
 
 def sockaddr(host: str, port: int) -> tuple[int, tuple] | None:
     """(family, address) for an IP literal, None for a host name (needs resolving)."""
-    if ":" in host:
-        try:
-            socket.inet_pton(socket.AF_INET6, host)
-        except OSError:
-            return None
-        return socket.AF_INET6, (host, port, 0, 0)
+    family = _literal_families.get(host)
+    if family is None:
+        family = _literal_family(host)
+        if len(_literal_families) >= 4096:  # guests' addresses come and go: stay bounded
+            _literal_families.clear()
+        _literal_families[host] = family
+    if family == socket.AF_INET:
+        return family, (host, port)
+    if family == socket.AF_INET6:
+        return family, (host, port, 0, 0)
+    return None
+
+
+_literal_families: dict[str, int] = {}  # host -> AF_INET, AF_INET6, or 0 for a name
+
+
+def _literal_family(host: str) -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        socket.inet_pton(socket.AF_INET, host)
+        socket.inet_pton(family, host)
     except OSError:
-        return None
-    return socket.AF_INET, (host, port)
+        return 0
+    return family
 
 
 class Dial:
-    """One connection attempt; await `.done`. Always gives its socket back, on every path."""
+    """One connection attempt, reporting to `on_end`. Always gives its socket back."""
 
-    __slots__ = ("_sockets", "_family", "_sock", "_request", "_sink", "_answering", "done")
+    __slots__ = ("_sockets", "_family", "_sock", "_request", "_sink", "_answering", "_on_end")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, family: int, address: tuple,
-                 deadline: float, request: bytes | None = None, sink: Sink | None = None,
-                 ) -> None:
+                 deadline: float, on_end: Callable[[BaseException | None], None],
+                 request: bytes | None = None, sink: Sink | None = None) -> None:
         self._request = request
         self._sink = sink
         self._answering = False  # connected, request sent: reading the answer
-        self.done = loop.create_future()
+        self._on_end: Callable[[BaseException | None], None] | None = on_end
         self._family = family
         self._sockets = sockets.for_loop(loop)
         try:
@@ -97,17 +110,17 @@ class Dial:
         except OSError as exc:
             raise_if_host_exhausted(exc)
             raise  # e.g. no IPv6 on this host: that address cannot be tried, others can
-        coarse_timers.SHARED.call_at(loop, deadline, self._expire)
+        # A connect that completes at once (0) is left to the socket's writable edge in
+        # the epoll like EINPROGRESS, so the constructor never reports an end itself.
         code = self._sock.connect_ex(address)
-        if code == 0:
-            self._connected()
-        elif code not in _CONNECTING:
-            self._end(_os_error(code))
+        if code != 0 and code not in _CONNECTING:
+            self.abort()
+            raise _os_error(code)
+        coarse_timers.SHARED.call_at(loop, deadline, self._expire)
 
     def abort(self) -> None:
-        """Give up (the awaiting task was cancelled): reset now, resolve nothing."""
-        if not self.done.done():
-            self.done.cancel()
+        """Give up (the probe was cancelled): reset now, report nothing."""
+        self._on_end = None
         self._give_back()
 
     # -- epoll events (edge-triggered: see sockets.py) ---------------------------------
@@ -177,12 +190,9 @@ class Dial:
     # -- ending -------------------------------------------------------------------------
     def _end(self, error: BaseException | None) -> None:
         self._give_back()
-        if self.done.done():
-            return
-        if error is None:
-            self.done.set_result(None)
-        else:
-            self.done.set_exception(error)
+        on_end, self._on_end = self._on_end, None
+        if on_end is not None:
+            on_end(error)
 
     def _give_back(self) -> None:
         if self._sock is not None:

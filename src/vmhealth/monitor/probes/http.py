@@ -30,19 +30,17 @@ from urllib.parse import quote, urljoin, urlsplit
 import httptools
 
 from vmhealth import __version__, spec
-from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
+from vmhealth.monitor.interfaces import GuestAccess, Outcome
 from vmhealth.monitor.probes.common import (
     OUTPUT_CAP_BYTES,
     ConnectFailed,
-    ProbeClock,
+    NetworkRun,
+    OnDone,
     describe_os_error,
-    dial_first,
     host_for_url,
     printable_excerpt,
-    run_on_targets,
-    with_timeout,
 )
-from vmhealth.monitor.probes.dial import raise_if_host_exhausted
+from vmhealth.monitor.probes.dial import Sink, raise_if_host_exhausted
 
 USER_AGENT = f"vmhealth/{__version__}"
 MAX_REDIRECTS = 10  # kubelet (Go's http.Client): "stopped after 10 redirects"
@@ -78,6 +76,11 @@ class _Response:
         except httptools.HttpParserError as exc:
             raise InvalidResponse(f"invalid HTTP response ({exc})") from None
         return self.complete
+
+    def release(self) -> None:
+        """Drop the parser: it refers back to this object, and a cycle per probe would
+        leave ~1,000 objects a second for the cyclic garbage collector."""
+        self._parser = None
 
     def end_of_stream(self) -> None:
         # After the headers, the end of the connection ends an EOF-delimited body.
@@ -169,9 +172,9 @@ def _host_header_value(handler: spec.HttpGet) -> str | None:
     return None
 
 
-@functools.lru_cache(maxsize=4096)
 def _build_request(handler: spec.HttpGet, target: str, default_host: str) -> bytes:
-    """The request bytes for one probe target; built once, validated part by part.
+    """The request bytes for one probe target, validated part by part (HttpProbeStarter
+    keeps them).
 
     Raises ValueError naming the offending header by position (never its value).
     """
@@ -205,27 +208,8 @@ def _same_host(a: str, b: str) -> bool:
     return a.strip("[]").lower() == b.strip("[]").lower()
 
 
-async def _exchange(handler: spec.HttpGet, hosts: list[str], port: int, target: str,
-                    scheme: str, server_hostname: str | None,
-                    deadline: float) -> tuple[_Response, str]:
-    """Connect to the first host that accepts, send the request, read the response.
-
-    Raises ValueError when the request cannot be built (see _build_request),
-    ConnectFailed, OSError, InvalidResponse or TimeoutError (at `deadline`).
-    """
-    def request_for(host: str) -> bytes:
-        return _build_request(handler, target, _authority(host, port, scheme))
-
-    if scheme == "http":
-        host, response = await dial_first(hosts, port, deadline, request_for=request_for,
-                                          sink_factory=_Response)
-        return response, host
-    return await with_timeout(_tls_exchange(hosts, port, request_for, server_hostname),
-                              max(0.0, deadline - asyncio.get_running_loop().time()))
-
-
 async def _tls_exchange(hosts: list[str], port: int, request_for: Callable[[str], bytes],
-                        server_hostname: str | None) -> tuple[_Response, str]:
+                        server_hostname: str | None) -> tuple[str, _Response]:
     loop = asyncio.get_running_loop()
     problems = []
     for host in hosts:
@@ -246,62 +230,118 @@ async def _tls_exchange(hosts: list[str], port: int, request_for: Callable[[str]
             done.cancel()  # nobody is left to read what the aborted connection reports
             exchange.abort()
             raise
-        return response, host
+        return host, response
     raise ConnectFailed("; ".join(problems))
 
 
-async def _probe(handler: spec.HttpGet, hosts: list[str], clock: ProbeClock,
-                 deadline: float) -> ProbeResult:
-    scheme = handler.scheme.value.lower()
-    port = handler.port
-    target = handler.path
-    host_override = _host_header_value(handler)
-    for redirects in range(MAX_REDIRECTS + 1):
-        sni = host_override.rsplit(":", 1)[0] if host_override else None
+class HttpProbeStarter:
+    """Starts runs of one httpGet probe; keeps its request bytes and URL per target."""
+
+    __slots__ = ("probe", "handler", "host_override", "_requests")
+
+    def __init__(self, probe: spec.Probe) -> None:
+        assert isinstance(probe.handler, spec.HttpGet)
+        self.probe = probe
+        self.handler = probe.handler
+        self.host_override = _host_header_value(self.handler)
+        self._requests: dict[tuple[str, str, int, str], tuple[bytes, str]] = {}
+
+    def __call__(self, access: GuestAccess, on_done: OnDone) -> Callable:
+        return _HttpRun(self, access, on_done).start(self.handler.host)
+
+    def request(self, scheme: str, host: str, port: int, target: str) -> tuple[bytes, str]:
+        """(request bytes, URL) for one target; raises ValueError (see _build_request)."""
+        key = (scheme, host, port, target)
+        found = self._requests.get(key)
+        if found is None:
+            if len(self._requests) > 64:  # guest addresses and redirects vary; stay small
+                self._requests.clear()
+            authority = _authority(host, port, scheme)
+            found = (_build_request(self.handler, target, authority),
+                     f"{scheme}://{authority}{target}")
+            self._requests[key] = found
+        return found
+
+
+class _HttpRun(NetworkRun):
+    """One httpGet run: an exchange per URL, redirects followed (see the module docstring)."""
+
+    __slots__ = ("_starter", "_scheme", "_url_port", "_target", "_redirects")
+
+    def __init__(self, starter: HttpProbeStarter, access: GuestAccess, on_done: OnDone) -> None:
+        super().__init__(starter.probe.timeout_seconds, access, on_done)
+        self._starter = starter
+        handler = starter.handler
+        self._scheme = handler.scheme.value.lower()
+        self._url_port = handler.port
+        self._target = handler.path
+        self._redirects = 0
+
+    def timeout_message(self) -> str:
+        starter = self._starter
+        return (f"HTTP GET port {starter.handler.port}: timed out after "
+                f"{starter.probe.timeout_seconds}s")
+
+    def begin(self, hosts: list[str]) -> None:
         try:
-            reader, host = await _exchange(handler, hosts, port, target, scheme, sni,
-                                           deadline)
+            self.request_for(hosts[0])  # a bad header ends the run here
         except ValueError as exc:
-            return clock.result(Outcome.ERROR, f"cannot build the request: {exc}")
-        except ConnectFailed as exc:
-            return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {exc}")
-        except TimeoutError:  # an OSError as well: reported for the whole probe below
-            raise
-        except (OSError, InvalidResponse) as exc:
-            text = describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
-            return clock.result(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {text}")
-        url = f"{scheme}://{_authority(host, port, scheme)}{target}"
-        status = reader.status
-        if 300 <= status < 400 and reader.location is not None:
-            if redirects == MAX_REDIRECTS:
-                return clock.result(Outcome.FAILURE, f"HTTP GET {url}: stopped after "
-                                                     f"{MAX_REDIRECTS} redirects")
-            location = urljoin(url, reader.location.decode("latin-1"))
-            parts = urlsplit(location)
-            if parts.scheme not in DEFAULT_PORTS or not _same_host(parts.hostname or "", host):
-                # Kubelet: not followed, reported as success with a warning.
-                return clock.result(Outcome.SUCCESS,
-                                    f"warning: HTTP {status} from GET {url} redirects to "
-                                    f"another host ({parts.hostname}); not followed, "
-                                    "counted as success")
-            scheme = parts.scheme
-            port = parts.port or DEFAULT_PORTS[scheme]
-            target = quote(parts.path or "/", safe=_PATH_SAFE)
-            if parts.query:
-                target += "?" + quote(parts.query, safe=_PATH_SAFE)
-            hosts = [host]
-            continue
+            self.finish(Outcome.ERROR, f"cannot build the request: {exc}")
+            return
+        if self._scheme == "http":
+            self.dial(hosts, self._url_port, exchange=True)
+            return
+        override = self._starter.host_override
+        sni = override.rsplit(":", 1)[0] if override else None
+        self.run_in_task(_tls_exchange(hosts, self._url_port, self.request_for, sni))
+
+    def request_for(self, host: str) -> bytes:
+        return self._starter.request(self._scheme, host, self._url_port, self._target)[0]
+
+    def new_sink(self) -> _Response:
+        return _Response()
+
+    def exchanged(self, host: str | None, sink: Sink | None,
+                  error: BaseException | None) -> None:
+        scheme, port = self._scheme, self._url_port
+        if isinstance(error, ConnectFailed):
+            self.finish(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {error}")
+            return
+        if error is not None or host is None or not isinstance(sink, _Response):
+            text = describe_os_error(error) if isinstance(error, OSError) else str(error)
+            self.finish(Outcome.FAILURE, f"HTTP GET {scheme} port {port}: {text}")
+            return
+        response = sink
+        response.release()
+        url = self._starter.request(scheme, host, port, self._target)[1]
+        status = response.status
+        if 300 <= status < 400 and response.location is not None:
+            self._redirect(host, url, status, response.location)
+            return
         if 200 <= status < 400:
-            return clock.result(Outcome.SUCCESS, f"HTTP {status} from GET {url}")
-        excerpt = printable_excerpt(bytes(reader.body))
-        return clock.result(Outcome.FAILURE, f"HTTP {status} from GET {url}"
-                                             + (f": {excerpt}" if excerpt else ""))
-    raise AssertionError("unreachable: the loop returns on its last round")
+            self.finish(Outcome.SUCCESS, f"HTTP {status} from GET {url}")
+            return
+        excerpt = printable_excerpt(bytes(response.body))
+        self.finish(Outcome.FAILURE, f"HTTP {status} from GET {url}"
+                                     + (f": {excerpt}" if excerpt else ""))
 
-
-async def run_http_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
-    handler = probe.handler
-    assert isinstance(handler, spec.HttpGet)
-    return await run_on_targets(
-        probe, handler.host, access, functools.partial(_probe, handler),
-        f"HTTP GET port {handler.port}: timed out after {probe.timeout_seconds}s")
+    def _redirect(self, host: str, url: str, status: int, location: bytes) -> None:
+        if self._redirects == MAX_REDIRECTS:
+            self.finish(Outcome.FAILURE,
+                        f"HTTP GET {url}: stopped after {MAX_REDIRECTS} redirects")
+            return
+        parts = urlsplit(urljoin(url, location.decode("latin-1")))
+        if parts.scheme not in DEFAULT_PORTS or not _same_host(parts.hostname or "", host):
+            # Kubelet: not followed, reported as success with a warning.
+            self.finish(Outcome.SUCCESS,
+                        f"warning: HTTP {status} from GET {url} redirects to another host "
+                        f"({parts.hostname}); not followed, counted as success")
+            return
+        self._redirects += 1
+        self._scheme = parts.scheme
+        self._url_port = parts.port or DEFAULT_PORTS[parts.scheme]
+        target = quote(parts.path or "/", safe=_PATH_SAFE)
+        if parts.query:
+            target += "?" + quote(parts.query, safe=_PATH_SAFE)
+        self._target = target
+        self.begin([host])

@@ -3,32 +3,70 @@
 Semantics: kubelet/KubeVirt (docs/probes.md), "Handlers" (tcpSocket). The
 host is the spec's host, else the guest's addresses (IPv4 and IPv6) tried in order,
 all within one timeoutSeconds. The connection is closed with a reset (see dial.py).
+Runs from callbacks, without a task (common.NetworkRun).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 from vmhealth import spec
-from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
+from vmhealth.monitor.interfaces import GuestAccess, Outcome
 from vmhealth.monitor.probes.common import (
     ConnectFailed,
-    ProbeClock,
-    dial_first,
+    NetworkRun,
+    OnDone,
+    describe_os_error,
     host_for_url,
-    run_on_targets,
 )
+from vmhealth.monitor.probes.dial import Sink
 
 
-async def run_tcp_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
-    handler = probe.handler
-    assert isinstance(handler, spec.TcpSocket)
+class TcpProbeStarter:
+    """Starts runs of one tcpSocket probe; keeps its success message per address."""
 
-    async def connect(hosts: list[str], clock: ProbeClock, deadline: float) -> ProbeResult:
-        try:
-            host, _ = await dial_first(hosts, handler.port, deadline)
-        except ConnectFailed as exc:
-            return clock.result(Outcome.FAILURE, f"tcp connect failed: {exc}")
-        return clock.result(Outcome.SUCCESS, f"connected to {host_for_url(host)}:{handler.port}")
+    __slots__ = ("probe", "handler", "_connected_messages")
 
-    return await run_on_targets(
-        probe, handler.host, access, connect,
-        f"tcp connect to port {handler.port} timed out after {probe.timeout_seconds}s")
+    def __init__(self, probe: spec.Probe) -> None:
+        assert isinstance(probe.handler, spec.TcpSocket)
+        self.probe = probe
+        self.handler = probe.handler
+        self._connected_messages: dict[str, str] = {}
+
+    def __call__(self, access: GuestAccess, on_done: OnDone) -> Callable:
+        return _TcpRun(self, access, on_done).start(self.handler.host)
+
+    def connected_message(self, host: str) -> str:
+        message = self._connected_messages.get(host)
+        if message is None:
+            if len(self._connected_messages) > 64:  # guest addresses change; stay small
+                self._connected_messages.clear()
+            message = f"connected to {host_for_url(host)}:{self.handler.port}"
+            self._connected_messages[host] = message
+        return message
+
+
+class _TcpRun(NetworkRun):
+    __slots__ = ("_starter",)
+
+    def __init__(self, starter: TcpProbeStarter, access: GuestAccess, on_done: OnDone) -> None:
+        super().__init__(starter.probe.timeout_seconds, access, on_done)
+        self._starter = starter
+
+    def begin(self, hosts: list[str]) -> None:
+        self.dial(hosts, self._starter.handler.port)
+
+    def exchanged(self, host: str | None, sink: Sink | None,
+                  error: BaseException | None) -> None:
+        if error is None and host is not None:
+            self.finish(Outcome.SUCCESS, self._starter.connected_message(host))
+        elif isinstance(error, ConnectFailed):
+            self.finish(Outcome.FAILURE, f"tcp connect failed: {error}")
+        else:  # reset as it connected
+            detail = describe_os_error(error) if isinstance(error, OSError) else str(error)
+            self.finish(Outcome.FAILURE, f"tcp connect failed: {detail}")
+
+    def timeout_message(self) -> str:
+        starter = self._starter
+        return (f"tcp connect to port {starter.handler.port} timed out after "
+                f"{starter.probe.timeout_seconds}s")

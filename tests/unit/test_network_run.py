@@ -1,0 +1,94 @@
+"""The callback-driven runs of network probes (probes/common.NetworkRun) and their starters.
+
+What the prober relies on: on_done is called exactly once, never before the starter
+returns and never after cancel; a run leaves no reference cycle behind (at 2,000
+probes a second those would keep the cyclic garbage collector busy).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import socket
+
+from tests.unit.test_probe_dial import how_it_ended, listener
+from tests.unit.test_probes import FakeAccess, Route, probe_of, start_http
+
+from vmhealth import spec
+from vmhealth.monitor.interfaces import Outcome
+from vmhealth.monitor.probes import run_probe, starter_for
+
+
+def test_an_immediate_end_is_delivered_after_the_starter_returns():
+    async def scenario():
+        results = []
+        starter = starter_for(probe_of(spec.TcpSocket(port=22)))
+        starter(FakeAccess(addrs=[]), results.append)  # no address: ends at once
+        seen_at_return = list(results)
+        await asyncio.sleep(0)
+        return seen_at_return, results
+
+    at_return, later = asyncio.run(scenario())
+    assert at_return == []
+    assert [r.outcome for r in later] == [Outcome.ERROR]
+
+
+def test_cancel_resets_the_connection_and_reports_nothing():
+    server = listener()  # accepts nothing: the HTTP request is never answered
+    port = server.getsockname()[1]
+
+    async def scenario():
+        results = []
+        starter = starter_for(probe_of(spec.HttpGet(port=port), timeout=0.3))
+        cancel = starter(FakeAccess(), results.append)
+        await asyncio.sleep(0.05)  # connected, request sent, waiting for the answer
+        assert cancel() is None  # no task to wait for on this path
+        await asyncio.sleep(0.5)  # past the deadline: still nothing
+        return results
+
+    with server:
+        assert asyncio.run(scenario()) == []
+        conn, _ = server.accept()
+        with conn:
+            conn.settimeout(2)
+            assert conn.recv(4096).startswith(b"GET / HTTP/1.1")  # the request came
+            assert how_it_ended(conn) == "reset"
+
+
+def test_runs_leave_no_reference_cycles():
+    async def scenario():
+        state, server = await start_http({"/": Route()})
+        try:
+            for _ in range(3):  # warm up: first-time imports and caches
+                await run_probe(probe_of(spec.HttpGet(port=state.port)), FakeAccess())
+            gc.collect()
+            gc.disable()
+            gc.set_debug(gc.DEBUG_SAVEALL)  # keep what a collection finds, to look at it
+            try:
+                for handler in (spec.HttpGet(port=state.port), spec.TcpSocket(port=state.port),
+                                spec.TcpSocket(port=free_port_closed())):
+                    for _ in range(20):
+                        await run_probe(probe_of(handler), FakeAccess())
+                gc.collect()
+                return [obj for obj in gc.garbage if from_vmhealth(obj)]
+            finally:
+                gc.set_debug(0)
+                gc.garbage.clear()
+                gc.enable()
+        finally:
+            server.close()
+
+    # 60 runs (successes and refusals): not one vmhealth object left for the collector.
+    # (The asyncio test server makes cycles of its own; those are not counted.)
+    assert asyncio.run(scenario()) == []
+
+
+def from_vmhealth(obj) -> bool:
+    module = getattr(obj, "__module__", None) if callable(obj) else type(obj).__module__
+    return isinstance(module, str) and module.startswith("vmhealth")
+
+
+def free_port_closed() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
