@@ -245,14 +245,13 @@ class NetworkRun:
         self._task = self.loop.create_task(self._await_exchange(exchange))
 
     async def _await_exchange(self, exchange: Awaitable[tuple[str, Sink]]) -> None:
+        host = sink = error = None
         try:
             host, sink = await with_timeout(exchange, max(0.0, self.deadline - self.loop.time()))
         except Exception as exc:  # noqa: BLE001 - handed to _ended as the verdict
-            self._task = None
-            self._ended(None, None, exc)
-            return
+            error = exc
         self._task = None
-        self._ended(host, sink, None)
+        self._ended(host, sink, error)
 
     async def _resolve_then_dial(self, hosts: list[str], port: int) -> None:
         candidates = []
@@ -266,9 +265,9 @@ class NetworkRun:
                     self.loop.getaddrinfo(host, port, type=socket.SOCK_STREAM,
                                           proto=socket.IPPROTO_TCP),
                     max(0.0, self.deadline - self.loop.time()))
-            except TimeoutError:
+            except TimeoutError as exc:
                 self._task = None
-                self.finish(Outcome.FAILURE, self.timeout_message())
+                self._ended(None, None, exc)
                 return
             except OSError as exc:
                 self._note_problem(host, exc)
