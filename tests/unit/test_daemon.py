@@ -284,6 +284,21 @@ def test_reconnect_keeps_monitors_of_the_same_run(world):
     run(scenario())
 
 
+def test_a_close_noticed_by_a_pool_thread_reconnects_on_the_loop(world):
+    """libvirt calls the close callback from whichever thread sees the connection die;
+    a guest-agent call in a pool thread does (seen in the libvirtd-restart e2e test)."""
+    async def scenario():
+        old_conn = world.conn
+        await asyncio.get_running_loop().run_in_executor(
+            world.agent_pool, world._on_close, old_conn, 1, None)
+        await settle(lambda: any(e.type == "LibvirtReconnected" for e in world.events.recent()))
+        return old_conn
+    old_conn = run(scenario())
+    assert world.conn is not None and world.conn is not old_conn
+    types = [e.type for e in world.events.recent()]
+    assert types.index("LibvirtDisconnected") < types.index("LibvirtReconnected")
+
+
 def test_first_sigterm_finishes_a_restart_in_back_off(tmp_path: Path):
     driver = tmp_path / "driver.xml"
     driver.write_text("<node>" + domain_xml("web1", LIVENESS) + "</node>")

@@ -103,6 +103,7 @@ class Daemon:
         self._reconnecting = False
         self.spool: SpoolWatcher | None = None
         self.connected: asyncio.Event | None = None  # created in start(), on the loop
+        self._loop: asyncio.AbstractEventLoop | None = None  # the daemon's, set in start()
 
     # ------------------------------------------------------------------ running
     async def start(self) -> None:
@@ -114,6 +115,7 @@ class Daemon:
         if self._stop is None:
             self._stop = asyncio.Event()
         self.connected = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
         self.actions = ActionRunner(
             self.events, self.control_pool, initial=self.config.backoff_initial_seconds,
             maximum=self.config.backoff_max_seconds,
@@ -240,7 +242,13 @@ class Daemon:
             pass
 
     def _on_close(self, _conn: Any, reason: int, _opaque: Any) -> None:
-        # Called from libvirt's event dispatch on the loop thread.
+        # libvirt calls this from whichever thread notices the closed connection: the
+        # loop's event dispatch, or a pool thread whose call (a guest-agent command,
+        # say) failed with it. Hand it to the loop; everything after runs there.
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._connection_closed, reason)
+
+    def _connection_closed(self, reason: int) -> None:
         if self._stop is None or self._stop.is_set() or self._reconnecting:
             return
         if self.connected is not None:
