@@ -161,3 +161,48 @@ def test_addresses_are_cached_until_stale_and_read_once_by_concurrent_probes():
     assert first == [["10.0.0.5"]] * 5 and again == ["10.0.0.5"]
     assert reads_after_first == 1  # five concurrent probes, one lookup
     assert reads == 2  # forget_addresses: looked up again
+
+
+class StateDomain:
+    """A domain with a state and a job; counts the job queries."""
+
+    def __init__(self, state: int, reason: int, operation: int | None = None) -> None:
+        self._state, self._reason, self._operation = state, reason, operation
+        self.job_queries = 0
+
+    def state(self):
+        return [self._state, self._reason]
+
+    def jobStats(self):  # noqa: N802 - libvirt's name
+        self.job_queries += 1
+        if self._operation is None:
+            return {"type": libvirt.VIR_DOMAIN_JOB_NONE}
+        return {"type": libvirt.VIR_DOMAIN_JOB_UNBOUNDED, "operation": self._operation}
+
+
+def test_read_state_reports_the_job_of_a_running_domain():
+    dom = StateDomain(libvirt.VIR_DOMAIN_RUNNING, 1,
+                      libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT)
+    state = libvirt_access.read_state(dom)
+    assert state.job_operation == libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT
+    assert suppression_for(state) == "migrating out"
+    assert libvirt_access.read_state(StateDomain(libvirt.VIR_DOMAIN_RUNNING, 1)) \
+        == DomainState(libvirt.VIR_DOMAIN_RUNNING, 1)
+
+
+@pytest.mark.parametrize(("state", "reason"), [
+    (P, libvirt.VIR_DOMAIN_PAUSED_MIGRATION),  # a migration's destination
+    (libvirt.VIR_DOMAIN_SHUTOFF, libvirt.VIR_DOMAIN_SHUTOFF_MIGRATED),
+])
+def test_read_state_does_not_ask_for_the_job_when_the_state_already_suppresses(state,
+                                                                               reason):
+    dom = StateDomain(state, reason, libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_IN)
+    assert suppression_for(libvirt_access.read_state(dom)) is not None
+    assert dom.job_queries == 0
+
+
+def test_read_state_still_asks_when_a_pause_is_real_trouble():
+    dom = StateDomain(P, libvirt.VIR_DOMAIN_PAUSED_IOERROR,
+                      libvirt.VIR_DOMAIN_JOB_OPERATION_MIGRATION_OUT)
+    assert suppression_for(libvirt_access.read_state(dom)) == "migrating out"
+    assert dom.job_queries == 1

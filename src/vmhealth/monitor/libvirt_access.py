@@ -85,17 +85,29 @@ def suppression_for(state: DomainState | None) -> str | None:
         return "domain state not known yet"
     if state.job_operation in SUPPRESSING_JOBS:
         return SUPPRESSING_JOBS[state.job_operation]
-    if state.state == libvirt.VIR_DOMAIN_PAUSED:
+    return _suppression_by_state(state.state, state.reason)
+
+
+def _suppression_by_state(state: int, reason: int) -> str | None:
+    if state == libvirt.VIR_DOMAIN_PAUSED:
         # I/O error, crash, watchdog and post-copy failure pauses are real trouble.
-        return SUPPRESSING_PAUSE_REASONS.get(state.reason)
-    if state.state in (libvirt.VIR_DOMAIN_SHUTDOWN, libvirt.VIR_DOMAIN_SHUTOFF):
+        return SUPPRESSING_PAUSE_REASONS.get(reason)
+    if state in (libvirt.VIR_DOMAIN_SHUTDOWN, libvirt.VIR_DOMAIN_SHUTOFF):
         return "not running"  # stopping on purpose; never act on it
     return None
 
 
 def read_state(dom: libvirt.virDomain) -> DomainState:
-    """Blocking: the domain's state and its current job (if the driver reports jobs)."""
+    """Blocking: the domain's state and its current job (if the driver reports jobs).
+
+    The job is asked for only when the state alone lets failures count: on a
+    migration's destination the domain is paused for the incoming migration, and
+    libvirt answers every job query there with an error in its log ("migration
+    statistics are available only on the source host"), twice a second per domain.
+    """
     state, reason = dom.state()
+    if _suppression_by_state(state, reason) is not None:
+        return DomainState(state, reason)
     job_operation = None
     try:
         stats = dom.jobStats()
