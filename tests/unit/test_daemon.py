@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from pathlib import Path
 
@@ -327,3 +328,19 @@ def test_first_sigterm_finishes_a_restart_in_back_off(tmp_path: Path):
 
 def test_events_payload_is_json_serialisable(world):
     assert json.loads(json.dumps([e.to_dict() for e in world.events.recent()]))
+
+
+def test_shutdown_waits_for_libvirt_calls_still_running_in_the_pools(world):
+    """A libvirt call that outlives the event loop updates its connection's watch through
+    libvirtaio on a closed loop (a traceback on every stop): shutdown waits for it."""
+    ended = threading.Event()
+
+    def slow_agent_call():
+        time.sleep(0.3)
+        ended.set()
+
+    async def scenario():
+        world.agent_pool.submit(slow_agent_call)
+        await world.shutdown()
+        return ended.is_set()
+    assert run(scenario())

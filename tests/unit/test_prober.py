@@ -503,3 +503,31 @@ def test_loop_clock_runs_a_slot_with_one_timer_never_early():
     assert all(at >= due + 0.002 for _, at in ran)
     # The same clock serves a new event loop (each asyncio.run is one).
     assert [name for name, _ in asyncio.run(scenario())[1]] == ["a", "b", "c"]
+
+
+def test_coarse_timers_forget_drops_what_waits_for_a_stopping_loop():
+    """The daemon's last step before its loop closes: nothing on the grid may keep
+    what it refers to (probers, domain handles) alive past the loop."""
+    import gc
+    import weakref
+
+    from vmhealth.monitor.coarse_timers import CoarseTimers
+
+    timers = CoarseTimers(0.05)
+
+    class Held:
+        def tick(self):
+            raise AssertionError("a forgotten callback ran")
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        held = Held()
+        timers.call_at(loop, loop.time() + 0.05, held.tick)
+        ref = weakref.ref(held)
+        del held
+        timers.forget(loop)
+        gc.collect()
+        await asyncio.sleep(0.15)  # past the slot: its loop timer finds nothing to run
+        return ref
+
+    assert asyncio.run(scenario())() is None

@@ -37,6 +37,12 @@ class CoarseTimers:
             loop.call_at(slot * self.grain, self._run, loop, slot)
         callbacks.append(callback)
 
+    def forget(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Drop every callback waiting for `loop` (when it stops for good: what they
+        hold, down to libvirt domain handles, must not outlive it)."""
+        if loop is self._loop:
+            self._slots = {}
+
     def slot_time(self, when: float) -> float:
         """The grid time at which a callback asked for `when` runs."""
         return math.ceil(when / self.grain) * self.grain

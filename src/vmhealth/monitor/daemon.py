@@ -15,6 +15,7 @@ at once.
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 import logging
 import os
@@ -26,6 +27,7 @@ from typing import Any, Callable
 import libvirt
 
 from vmhealth.domainxml import NAMESPACE
+from vmhealth.monitor import coarse_timers
 from vmhealth.monitor.actions import ActionRunner
 from vmhealth.monitor.adoption import InvalidSpec, domain_spec, wants_monitoring
 from vmhealth.monitor.config import DaemonConfig
@@ -51,6 +53,8 @@ WATCHDOG_ACTIONS = {
     libvirt.VIR_DOMAIN_EVENT_WATCHDOG_INJECTNMI: "inject-nmi",
 }
 ACTION_DRAIN_SECONDS = 600  # first SIGTERM: how long actions in flight may take
+# At stop: how long libvirt calls still running in the pools may take to end.
+LIBVIRT_DRAIN_SECONDS = 10
 KEEPALIVE = (5, 3)  # seconds between keepalives, misses before the connection is dead
 
 
@@ -167,9 +171,40 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         self.events.close()
+        await self._close_libvirt(LIBVIRT_DRAIN_SECONDS)
+
+    async def _close_libvirt(self, seconds: float) -> None:
+        """Close the connection while the event loop still runs.
+
+        libvirt talks to the loop through libvirtaio: a call still running in a pool
+        thread (an agent command, a state query) updates its connection's socket
+        watch, and the connection's real close (when its last domain object goes)
+        removes the watch and its timers.  After asyncio.run() has closed the loop
+        each of those is a traceback on stderr.  So: no new calls, wait (bounded)
+        for the running ones, free the domain objects that only reference cycles
+        still hold (an exception's traceback keeps its frames' domains), close, and
+        let libvirtaio's last callbacks run.
+        """
+        loop = asyncio.get_running_loop()
+        pools = (self.agent_pool, self.control_pool)
+        for pool in pools:
+            pool.shutdown(wait=False, cancel_futures=True)
+        joined = asyncio.gather(*(loop.run_in_executor(None, pool.shutdown, True)
+                                  for pool in pools))
+        try:
+            await asyncio.wait_for(joined, seconds)
+        except asyncio.TimeoutError:
+            log.warning("libvirt calls still running at stop", extra=log_fields(
+                seconds=seconds))
+        # Every prober has stopped: ticks still on the grid would do nothing, but
+        # they hold their probers' domain handles.
+        coarse_timers.SHARED.forget(loop)
+        gc.collect()
         self._close_connection()
-        self.agent_pool.shutdown(wait=False, cancel_futures=True)
-        self.control_pool.shutdown(wait=False, cancel_futures=True)
+        # libvirtaio's "free" callbacks for the closed connection's watch and timers
+        # are tasks: a few loop turns run them.
+        for _ in range(3):
+            await asyncio.sleep(0)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
