@@ -9,10 +9,7 @@ Probe periods are 1 s so the suite stays fast.
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -20,16 +17,19 @@ import libvirt
 import pytest
 
 from tests.e2e.harness import agent as harness_agent
+from tests.e2e.harness.daemon import (
+    BOOT_TIMEOUT,
+    DaemonProcess,
+    current_run_id,
+    define_with_spec,
+    wait_status,
+)
 from tests.e2e.harness.waiting import wait_until
-from vmhealth.domainxml import apply_spec
-from vmhealth.monitor.client import ApiClient, ApiError
-from vmhealth.spec import parse_spec
 
 pytestmark = pytest.mark.e2e
 
 HTTP_PORT = 1500
 TCP_PORT = 1501
-BOOT_TIMEOUT = 150  # several TCG guests boot at once on 2 shared cores
 FAST = {"periodSeconds": 1, "timeoutSeconds": 1}
 # Liveness waits for the boot: a startup probe gates it (no initialDelaySeconds guess).
 BOOTED = {"startupProbe": {"guestAgentPing": {}, **FAST, "failureThreshold": BOOT_TIMEOUT}}
@@ -49,62 +49,11 @@ PAUSED_SPEC = {  # ping liveness: a user pause must not restart it
 }
 
 
-def _cli() -> list[str]:
-    script = Path(sys.executable).with_name("vmhealth")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "vmhealth.cli"]
-
-
-class DaemonProcess:
-    def __init__(self, workdir: Path, uri: str) -> None:
-        self.workdir = workdir
-        self.socket = str(workdir / "api.sock")
-        self.config = workdir / "vmhealth.conf"
-        self.config.write_text(
-            f"[daemon]\nlibvirt_uri = {uri}\nspool_dir = {workdir / 'spool'}\n"
-            "state_refresh_seconds = 0.5\n[api]\n"
-            f"socket_path = {self.socket}\n")
-        self.log = workdir / "daemon.log"
-        self.process: subprocess.Popen | None = None
-        self.client = ApiClient(self.socket, timeout=10)
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.process = subprocess.Popen(  # noqa: S603
-                [*_cli(), "daemon", "--config", str(self.config)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
-        wait_until(lambda: self.client.status()["libvirtConnected"], timeout=30,
-                   what="the daemon to answer on its socket")
-
-    def kill(self, sig: int = signal.SIGKILL) -> int:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        return self.process.wait(timeout=60)
-
-    def cli(self, *args: str, timeout: float = 30) -> subprocess.CompletedProcess:
-        return subprocess.run([*_cli(), *args], capture_output=True, text=True,
-                              timeout=timeout, check=False,
-                              env={**os.environ, "VMHEALTH_SOCKET": self.socket})
-
-    def status(self, domain: str) -> dict:
-        return self.client.status(domain)
-
-
-def _run_id(guest) -> int:
-    """The domain's current id (a virDomain object keeps the id it was looked up with)."""
-    return guest.dom.connect().lookupByUUIDString(guest.dom.UUIDString()).ID()
-
-
-def _with_spec(guest, spec: dict) -> None:
-    """Store the spec in the persistent definition (as `vmhealth apply` does)."""
-    xml = guest.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
-    guest.dom.connect().defineXML(apply_spec(xml, parse_spec(spec)).xml)
-
-
 def _restart_with_spec(guest, spec: dict) -> None:
     """A new spec for the next run: a fresh domain run, so the probes start from their
     initial state (`vmhealth apply` in place is test_apply_to_a_running_domain_...)."""
     guest.dom.destroy()
-    _with_spec(guest, spec)
+    define_with_spec(guest, spec)
     guest.start()
 
 
@@ -115,8 +64,7 @@ def daemon(sandbox):
     proc = DaemonProcess(workdir, sandbox.uri)
     proc.start()
     yield proc
-    if proc.process is not None and proc.process.poll() is None:
-        proc.kill(signal.SIGTERM)
+    proc.stop()
     print(f"daemon log: {proc.log}")
 
 
@@ -129,19 +77,9 @@ def guests(guest_factory, daemon):
         "paused": guest_factory.create("dmn-paused", start=False, watchdog_feeder=True),
     }
     for key, spec in (("web", WEB_SPEC), ("agent", AGENT_SPEC), ("paused", PAUSED_SPEC)):
-        _with_spec(made[key], spec)
+        define_with_spec(made[key], spec)
         made[key].start()
     return made
-
-
-def _wait_status(daemon, domain: str, what: str, predicate, timeout: float = BOOT_TIMEOUT):
-    def check():
-        try:
-            entry = daemon.status(domain)
-        except ApiError:
-            return None
-        return entry if predicate(entry) else None
-    return wait_until(check, timeout=timeout, what=f"{domain}: {what}", interval=0.3)
 
 
 def _ready_for(daemon, domain: str, seconds: float) -> list[bool]:
@@ -155,24 +93,24 @@ def _ready_for(daemon, domain: str, seconds: float) -> list[bool]:
 
 
 def test_tcp_readiness_ready_once_the_guest_listens(daemon, guests):
-    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
     result = daemon.cli("wait", "dmn-web", "--for", "ready", "--timeout", "10s")
     assert result.returncode == 0, result.stderr
     assert daemon.cli("status", "dmn-web").returncode == 0
 
 
 def test_exec_readiness_cat_false_and_a_command_that_never_ends(daemon, guests):
-    _wait_status(daemon, "dmn-agent", "ready by exec cat", lambda e: e["ready"])
+    wait_status(daemon, "dmn-agent", "ready by exec cat", lambda e: e["ready"])
     _restart_with_spec(guests["agent"], {"readinessProbe": {
         "exec": {"command": ["false"]}, **FAST}})
-    _wait_status(daemon, "dmn-agent", "re-adopted with exec false",
+    wait_status(daemon, "dmn-agent", "re-adopted with exec false",
                  lambda e: e["probes"]["readiness"].get("lastResult", {}).get("outcome")
                  == "failure" and "false" in e["probes"]["readiness"]["lastResult"]["message"],
                  timeout=BOOT_TIMEOUT)
     assert not any(_ready_for(daemon, "dmn-agent", 4))
     _restart_with_spec(guests["agent"], {"readinessProbe": {
         "exec": {"command": ["sleep", "1000"]}, **FAST}})
-    _wait_status(daemon, "dmn-agent", "exec sleep timing out",
+    wait_status(daemon, "dmn-agent", "exec sleep timing out",
                  lambda e: e["probes"]["readiness"].get("lastResult", {}).get("outcome")
                  == "failure" and "sleep" in e["probes"]["readiness"]["lastResult"]["message"],
                  timeout=BOOT_TIMEOUT)
@@ -187,7 +125,7 @@ def test_ping_readiness_follows_the_agent(daemon, guests):
     agent = guests["agent"]
     _restart_with_spec(agent, {"readinessProbe": {"guestAgentPing": {}, **FAST,
                                                   "failureThreshold": 1}})
-    _wait_status(daemon, "dmn-agent", "ready by ping", lambda e: e["ready"])
+    wait_status(daemon, "dmn-agent", "ready by ping", lambda e: e["ready"])
     pid = agent.service_pid("qemu-ga")
     # Stop qemu-ga for 12 s, then let it run again: a child of the agent does both, so
     # nobody needs the (stopped) agent to bring it back.
@@ -195,24 +133,24 @@ def test_ping_readiness_follows_the_agent(daemon, guests):
     harness_agent.command(agent.dom, "guest-exec", {
         "path": "sh", "arg": ["-c", 'kill -STOP "$1"; sleep 12; kill -CONT "$1"', "sh",
                               str(pid)]})
-    _wait_status(daemon, "dmn-agent", "not ready while qemu-ga is stopped",
+    wait_status(daemon, "dmn-agent", "not ready while qemu-ga is stopped",
                  lambda e: not e["ready"], timeout=15)
-    _wait_status(daemon, "dmn-agent", "ready again", lambda e: e["ready"], timeout=40)
+    wait_status(daemon, "dmn-agent", "ready again", lambda e: e["ready"], timeout=40)
 
 
 def test_ping_liveness_does_not_restart_a_user_paused_domain(daemon, guests):
     paused = guests["paused"]
-    _wait_status(daemon, "dmn-paused", "adopted", lambda e: e["state"] == "running")
+    wait_status(daemon, "dmn-paused", "adopted", lambda e: e["state"] == "running")
     paused.wait_for_agent(timeout=BOOT_TIMEOUT)
-    run_id = _run_id(paused)
+    run_id = current_run_id(paused)
     paused.dom.suspend()
-    _wait_status(daemon, "dmn-paused", "suppressed",
+    wait_status(daemon, "dmn-paused", "suppressed",
                  lambda e: e["suppressed"] == "paused by the user", timeout=10)
     time.sleep(6)  # 6 periods of failureThreshold 2: it would have been restarted
-    assert _run_id(paused) == run_id
+    assert current_run_id(paused) == run_id
     assert paused.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
     paused.dom.resume()
-    _wait_status(daemon, "dmn-paused", "live again", lambda e: e["live"] and not
+    wait_status(daemon, "dmn-paused", "live again", lambda e: e["live"] and not
                  e["suppressed"], timeout=20)
 
 
@@ -228,12 +166,12 @@ def test_watchdog_event_is_recorded(daemon, guests, recorder):
 
 def test_http_liveness_restarts_within_its_bound(daemon, guests, recorder):
     web = guests["web"]
-    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
-    run_id = _run_id(web)
+    wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    run_id = current_run_id(web)
     web.kill_service("httpd", "KILL")
     killed = time.monotonic()
     try:
-        wait_until(lambda: not web.dom.isActive() or _run_id(web) != run_id, timeout=30,
+        wait_until(lambda: not web.dom.isActive() or current_run_id(web) != run_id, timeout=30,
                    what="dmn-web to be restarted", interval=0.1)
     except AssertionError:
         print(json.dumps(daemon.status("dmn-web"), indent=1))
@@ -242,19 +180,19 @@ def test_http_liveness_restarts_within_its_bound(daemon, guests, recorder):
     bound = 1 * 2 + 1 + 2  # periodSeconds x failureThreshold + timeoutSeconds + 2 s
     print(f"liveness restart began {took:.1f}s after httpd was killed (bound {bound}s)")
     assert took <= bound
-    _wait_status(daemon, "dmn-web", "running again and ready", lambda e: e["ready"])
+    wait_status(daemon, "dmn-web", "running again and ready", lambda e: e["ready"])
 
 
 def test_daemon_killed_and_restarted_resumes_without_restarting(daemon, guests):
     web = guests["web"]
-    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
-    run_id = _run_id(web)
+    wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    run_id = current_run_id(web)
     daemon.kill(signal.SIGKILL)
     daemon.start()
-    _wait_status(daemon, "dmn-web", "ready after the daemon restart", lambda e: e["ready"],
+    wait_status(daemon, "dmn-web", "ready after the daemon restart", lambda e: e["ready"],
                  timeout=30)
     time.sleep(5)
-    assert _run_id(web) == run_id
+    assert current_run_id(web) == run_id
     assert daemon.status("dmn-web")["live"]
 
 
@@ -275,32 +213,32 @@ def test_apply_to_a_running_domain_takes_effect_without_a_restart(daemon, guests
                          _write_spec(tmp_path, ready_spec))
     assert applied.returncode == 0, applied.stderr
     assert "updated the running domain's metadata" in applied.stdout
-    _wait_status(daemon, "dmn-agent", "ready by exec cat", lambda e: e["ready"])
-    run_id = _run_id(agent)
+    wait_status(daemon, "dmn-agent", "ready by exec cat", lambda e: e["ready"])
+    run_id = current_run_id(agent)
 
     failing = {"readinessProbe": {"exec": {"command": ["false"]}, **FAST}}
     applied = daemon.cli("--connect", sandbox.uri, "apply", "dmn-agent", "-f",
                          _write_spec(tmp_path, failing))
     assert applied.returncode == 0, applied.stderr
-    _wait_status(daemon, "dmn-agent", "not ready by exec false", lambda e: not e["ready"],
+    wait_status(daemon, "dmn-agent", "not ready by exec false", lambda e: not e["ready"],
                  timeout=20)
-    assert _run_id(agent) == run_id
+    assert current_run_id(agent) == run_id
 
 
 def test_libvirtd_restart_keeps_monitoring(daemon, guests, restart_libvirtd):
     """libvirtd restarts under running domains: the daemon reconnects, re-adopts and keeps
     probing the same runs without acting on them."""
     web = guests["web"]
-    _wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
-    run_id = _run_id(web)
+    wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    run_id = current_run_id(web)
     restarted_at = time.time()
     restart_libvirtd()
     wait_until(lambda: daemon.client.status()["libvirtConnected"], timeout=60,
                what="the daemon to reconnect to the restarted libvirtd", interval=0.3)
-    _wait_status(daemon, "dmn-web", "probed after the restart",
+    wait_status(daemon, "dmn-web", "probed after the restart",
                  lambda e: e["probes"]["readiness"].get("lastResult", {}).get("time", 0)
                  > restarted_at + 1 and e["ready"], timeout=60)
-    assert _run_id(web) == run_id
+    assert current_run_id(web) == run_id
     assert daemon.status("dmn-web")["live"]
     events = daemon.cli("events").stdout
     assert "LibvirtReconnected" in events or "LibvirtDisconnected" in events, events
