@@ -226,5 +226,8 @@ def test_migration_counts_no_failure_at_the_source_and_the_destination_takes_ove
     # The source let it go: no failure acted on there, and the domain is gone from it.
     source_events = _event_types(source, NAME)
     assert not {"LivenessFailed", "LivenessAction"} & set(source_events), source_events
+    released = [event["message"] for event in source.client.events(domain=NAME)
+                if event["type"] == "Released"]
+    assert released == ["no longer monitored: stopped: migrated to another host"], released
     with pytest.raises(libvirt.libvirtError):
         guest.dom.connect().lookupByName(NAME)

@@ -141,6 +141,8 @@ def test_stop_and_start_events_release_and_adopt_afresh(world):
     run(scenario())
     types = [e.type for e in world.events.recent("web1")]
     assert types.index("Released") < len(types) - 1 and types[-1] == "Adopted"
+    released = next(e for e in world.events.recent("web1") if e.type == "Released")
+    assert released.message == "no longer monitored: stopped: destroyed"
 
 
 def test_state_change_is_published_and_recorded(world):

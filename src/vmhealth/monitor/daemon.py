@@ -58,6 +58,19 @@ LIBVIRT_DRAIN_SECONDS = 10
 KEEPALIVE = (5, 3)  # seconds between keepalives, misses before the connection is dead
 
 
+# Why a domain stopped (the lifecycle event's detail), for the Released event: after a
+# migration the source's operator should read "migrated", not a bare "stopped".
+STOP_DETAILS = {
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN: "shut down",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_DESTROYED: "destroyed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED: "crashed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_MIGRATED: "migrated to another host",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_SAVED: "saved",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
+    libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: "reverted to a snapshot",
+}
+
+
 class UnknownDomain(LookupError):
     pass
 
@@ -408,8 +421,10 @@ class Daemon:
         uuid = dom.UUIDString()
         if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
             self._spawn(self.adopt(dom, "started", new_run=True))
-        elif event in (libvirt.VIR_DOMAIN_EVENT_STOPPED, libvirt.VIR_DOMAIN_EVENT_CRASHED):
-            self._spawn(self._drop(uuid, "stopped"))
+        elif event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            self._spawn(self._drop(uuid, f"stopped: {STOP_DETAILS.get(detail, detail)}"))
+        elif event == libvirt.VIR_DOMAIN_EVENT_CRASHED:
+            self._spawn(self._drop(uuid, "crashed"))
         elif event in (libvirt.VIR_DOMAIN_EVENT_DEFINED, libvirt.VIR_DOMAIN_EVENT_UNDEFINED):
             self._spawn(self.adopt(dom, "redefined"))
         elif uuid in self.monitors:  # suspended, resumed, pmsuspended, shutdown begun
