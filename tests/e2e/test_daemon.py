@@ -17,6 +17,7 @@ import libvirt
 import pytest
 
 from tests.e2e.harness import agent as harness_agent
+from tests.e2e.harness import paths
 from tests.e2e.harness.daemon import (
     BOOT_TIMEOUT,
     DaemonProcess,
@@ -223,6 +224,37 @@ def test_apply_to_a_running_domain_takes_effect_without_a_restart(daemon, guests
     wait_status(daemon, "dmn-agent", "not ready by exec false", lambda e: not e["ready"],
                  timeout=20)
     assert current_run_id(agent) == run_id
+
+
+def _events_since(daemon, domain: str, since: int) -> list[dict]:
+    return list(daemon.client.events(domain=domain, since=since))
+
+
+def test_save_and_restore_release_and_adopt_without_acting(daemon, guests):
+    """`virsh save` stops the domain on purpose and `virsh restore` brings the same
+    guest back: the daemon lets go ("stopped: saved"), takes it up again, and acts on
+    nothing in between."""
+    web = guests["web"]
+    wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    since = max((event["seq"] for event in daemon.client.events()), default=0)
+    image = paths.BUILD / "saves" / "dmn-web.save"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.unlink(missing_ok=True)
+    try:
+        web.dom.save(str(image))
+        released = wait_until(
+            lambda: [e for e in _events_since(daemon, "dmn-web", since)
+                     if e["type"] == "Released"],
+            timeout=30, what="the daemon to release the saved domain")
+        assert released[0]["message"] == "no longer monitored: stopped: saved", released
+        web.dom.connect().restore(str(image))
+    finally:
+        image.unlink(missing_ok=True)
+    wait_status(daemon, "dmn-web", "ready after the restore", lambda e: e["ready"],
+                timeout=60)
+    types = [e["type"] for e in _events_since(daemon, "dmn-web", since)]
+    assert "Adopted" in types, types
+    assert not {"LivenessFailed", "LivenessAction", "ActionSkipped"} & set(types), types
 
 
 def test_libvirtd_restart_keeps_monitoring(daemon, guests, restart_libvirtd):
