@@ -346,3 +346,26 @@ def test_shutdown_waits_for_libvirt_calls_still_running_in_the_pools(world):
         await world.shutdown()
         return ended.is_set()
     assert run(scenario())
+
+
+def test_series_of_a_deleted_domain_are_forgotten_but_not_of_a_stopped_one(world):
+    """Domains created and deleted all day must not grow the daemon's metrics; a
+    domain that is only stopped keeps its counters."""
+    async def scenario():
+        for name in ("web1", "web2"):
+            world.metrics.count_action(name, "restart")
+            world.actions.backoff(dom(world, name).UUIDString())
+        dom(world, "web1").destroy()
+        dom(world, "web1").undefine()
+        dom(world, "web2").destroy()  # stopped, still defined
+        await settle(lambda: not {"web1", "web2"} & names(world))
+        await world.forget_departed()
+        return world.metrics.render().decode()
+    web1_uuid = dom(world, "web1").UUIDString()
+    text = run(scenario())
+    assert 'domain="web2"' in text
+    assert 'domain="web1"' not in text
+    defined = {d.UUIDString() for d in world.conn.listAllDomains(0)}
+    assert set(world._adopt_locks) <= defined
+    assert web1_uuid not in world.actions._backoffs
+    assert len(world.actions._backoffs) == 1  # web2's: stopped, still defined

@@ -59,3 +59,26 @@ def test_duration_histogram_is_cumulative_with_le_inclusive():
     assert got[("vmhealth_probe_duration_seconds_count", (("probe", "readiness"),))] == 5
     assert abs(got[("vmhealth_probe_duration_seconds_sum", (("probe", "readiness"),))]
                - 53.026) < 1e-9
+
+
+def domains_in(metrics: Metrics) -> set[str]:
+    return {dict(labels).get("domain") for _, labels in samples(metrics)} - {None}
+
+
+def test_retain_domains_forgets_every_series_of_the_others():
+    metrics = Metrics()
+    for domain in ("web1", "gone1"):
+        observe(metrics, ProbeKind.LIVENESS, Outcome.FAILURE, 0.3, domain=domain)
+        metrics.count_action(domain, "restart")
+        metrics.count_watchdog(domain, "poweroff")
+    metrics.set_healthy("web1", ProbeKind.LIVENESS, True)
+    assert domains_in(metrics) == {"web1", "gone1"}
+    metrics.retain_domains({"web1"})
+    assert domains_in(metrics) == {"web1"}
+    got = samples(metrics)
+    assert got[("vmhealth_liveness_actions_total",
+                (("action", "restart"), ("domain", "web1")))] == 1
+    # A domain of the same name defined again later starts from zero.
+    metrics.count_action("gone1", "restart")
+    assert samples(metrics)[("vmhealth_liveness_actions_total",
+                             (("action", "restart"), ("domain", "gone1")))] == 1

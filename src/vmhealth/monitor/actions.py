@@ -89,6 +89,15 @@ class ActionRunner:
             self._backoffs[uuid] = Backoff(initial, maximum, reset_after)
         return self._backoffs[uuid]
 
+    def retain(self, uuids: set[str]) -> None:
+        """Forget the back-off and lock of every domain not in `uuids` and not acting
+        (domains deleted from the host)."""
+        for uuid in [u for u in self._backoffs if u not in uuids and u not in self.pending]:
+            del self._backoffs[uuid]
+        for uuid, lock in list(self._locks.items()):
+            if uuid not in uuids and uuid not in self.pending and not lock.locked():
+                del self._locks[uuid]
+
     def busy(self, uuid: str) -> bool:
         return uuid in self.pending
 

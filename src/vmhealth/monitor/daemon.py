@@ -55,6 +55,8 @@ WATCHDOG_ACTIONS = {
 ACTION_DRAIN_SECONDS = 600  # first SIGTERM: how long actions in flight may take
 # At stop: how long libvirt calls still running in the pools may take to end.
 LIBVIRT_DRAIN_SECONDS = 10
+# How often per-domain leftovers of deleted domains are forgotten (forget_departed).
+SWEEP_SECONDS = 600
 KEEPALIVE = (5, 3)  # seconds between keepalives, misses before the connection is dead
 
 
@@ -137,7 +139,7 @@ class Daemon:
             self.events, self.control_pool, initial=self.config.backoff_initial_seconds,
             maximum=self.config.backoff_max_seconds,
             reset_after=self.config.backoff_reset_seconds,
-            on_action=lambda domain, action: self.metrics.actions.labels(domain, action).inc())
+            on_action=self.metrics.count_action)
         await self._connect_with_backoff()
         self.spool = SpoolWatcher(self.config.spool_dir, self._spool_present,
                                   self._spool_removed)
@@ -331,6 +333,30 @@ class Daemon:
             if uuid not in seen:
                 await self._drop(uuid, "no longer running")
         self.metrics.monitored.set(len(self.monitors))
+        await self.forget_departed()
+
+    async def forget_departed(self) -> None:
+        """Forget what is kept per domain (metric series, locks, restart back-off) for
+        domains that no longer exist on this host: at every (re)connect and every
+        SWEEP_SECONDS, so a host that creates and deletes domains all day does not
+        grow the daemon without end."""
+        conn = self.conn
+        if conn is None:
+            return
+        try:
+            domains = await self._call(conn.listAllDomains, 0)
+            defined = {(dom.UUIDString(), dom.name()) for dom in domains}
+        except libvirt.libvirtError as exc:
+            log.warning("cannot list domains", extra=log_fields(error=exc.get_error_message()))
+            return
+        uuids = {uuid for uuid, _ in defined} | set(self.monitors)
+        self.metrics.retain_domains({name for _, name in defined}
+                                    | {m.name for m in self.monitors.values()})
+        for uuid, lock in list(self._adopt_locks.items()):
+            if uuid not in uuids and not lock.locked():
+                del self._adopt_locks[uuid]
+        if self.actions is not None:
+            self.actions.retain(uuids)
 
     async def adopt(self, dom: libvirt.virDomain, why: str, *, new_run: bool = False) -> None:
         uuid = dom.UUIDString()
@@ -433,7 +459,7 @@ class Daemon:
     def _on_watchdog(self, _conn: Any, dom: libvirt.virDomain, action: int,
                      _opaque: Any) -> None:
         name = WATCHDOG_ACTIONS.get(action, str(action))
-        self.metrics.watchdog.labels(dom.name(), name).inc()
+        self.metrics.count_watchdog(dom.name(), name)
         self.events.record(dom.name(), "Watchdog", f"watchdog fired; action {name}",
                            action=name)
 
@@ -460,11 +486,16 @@ class Daemon:
             pass  # gone or disconnected: events and reconcile deal with that
 
     async def _refresh_states_forever(self) -> None:
+        loop = asyncio.get_running_loop()
+        next_sweep = loop.time() + SWEEP_SECONDS
         while True:
             await asyncio.sleep(self.config.state_refresh_seconds)
             if self.conn is not None:
                 await asyncio.gather(*(self._refresh_state(m) for m in list(self.monitors
                                                                              .values())))
+                if loop.time() >= next_sweep:
+                    next_sweep = loop.time() + SWEEP_SECONDS
+                    await self.forget_departed()
 
     def _liveness_failed(self, monitor: DomainMonitor, result: ProbeResult) -> None:
         self._spawn(self._act_on_liveness(monitor, result))

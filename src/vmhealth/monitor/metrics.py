@@ -40,6 +40,11 @@ class ProbeFigures:
         figures[0][bisect_left(DURATION_BUCKETS, seconds)] += 1
         figures[1] += seconds
 
+    def retain_domains(self, keep: set[str]) -> None:
+        """Drop the results of every domain not in `keep`."""
+        for key in [key for key in self.results if key[0] not in keep]:
+            del self.results[key]
+
     def collect(self) -> Iterator[Metric]:
         results = CounterMetricFamily(
             "vmhealth_probe_results", "Probe runs by outcome (counted=false: suppressed)",
@@ -80,6 +85,34 @@ class Metrics:
             "vmhealth_monitored_domains", "Domains the daemon monitors", registry=self.registry)
         self.libvirt_connected = Gauge(
             "vmhealth_libvirt_connected", "1 while connected to libvirt", registry=self.registry)
+        # The label values of every per-domain counter child made, so that the children
+        # of a domain that no longer exists can be removed (retain_domains).
+        self._counted: set[tuple[Counter, str, str]] = set()
+
+    def count_action(self, domain: str, action: str) -> None:
+        self._count(self.actions, domain, action)
+
+    def count_watchdog(self, domain: str, action: str) -> None:
+        self._count(self.watchdog, domain, action)
+
+    def _count(self, counter: Counter, domain: str, action: str) -> None:
+        counter.labels(domain, action).inc()
+        self._counted.add((counter, domain, action))
+
+    def retain_domains(self, keep: set[str]) -> None:
+        """Forget every series of the domains not in `keep` (the names of the domains
+        this host still defines or runs).
+
+        A counter of a domain that still exists stays, across restarts and stops, as
+        Prometheus expects; one of a domain that is gone would otherwise stay for the
+        daemon's lifetime: with domains created and deleted all day, memory and the
+        /metrics page would grow without end.
+        """
+        self.probes.retain_domains(keep)
+        for counted in [c for c in self._counted if c[1] not in keep]:
+            counter, domain, action = counted
+            counter.remove(domain, action)
+            self._counted.discard(counted)
 
     def observe_result(self, domain: str, kind: ProbeKind, result: ProbeResult,
                        counted: bool) -> None:
