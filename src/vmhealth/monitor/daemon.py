@@ -55,6 +55,8 @@ WATCHDOG_ACTIONS = {
 ACTION_DRAIN_SECONDS = 600  # first SIGTERM: how long actions in flight may take
 # At stop: how long libvirt calls still running in the pools may take to end.
 LIBVIRT_DRAIN_SECONDS = 10
+# ...and how long libvirt may then take to let go of the event loop after close().
+LOOP_SETTLE_SECONDS = 2
 # How often per-domain leftovers of deleted domains are forgotten (forget_departed).
 SWEEP_SECONDS = 600
 KEEPALIVE = (5, 3)  # seconds between keepalives, misses before the connection is dead
@@ -71,6 +73,22 @@ STOP_DETAILS = {
     libvirt.VIR_DOMAIN_EVENT_STOPPED_FAILED: "failed",
     libvirt.VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT: "reverted to a snapshot",
 }
+
+
+async def _libvirt_loop_settled(seconds: float) -> None:
+    """Run the loop until libvirt has let go of it (bounded): the connection's real
+    close comes a few loop turns after close() (libvirt first flushes the deregistered
+    event callbacks on a timer, which frees their hold on the connection), and then
+    removes its socket watch, whose "free" callbacks are tasks of their own."""
+    import libvirtaio
+
+    impl = libvirtaio.getCurrentImpl()
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while impl is not None and impl.descriptors and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    for _ in range(3):
+        await asyncio.sleep(0)
 
 
 class UnknownDomain(LookupError):
@@ -216,10 +234,7 @@ class Daemon:
         coarse_timers.SHARED.forget(loop)
         gc.collect()
         self._close_connection()
-        # libvirtaio's "free" callbacks for the closed connection's watch and timers
-        # are tasks: a few loop turns run them.
-        for _ in range(3):
-            await asyncio.sleep(0)
+        await _libvirt_loop_settled(LOOP_SETTLE_SECONDS)
 
     def _spawn(self, coro: Any) -> asyncio.Task[Any]:
         task = asyncio.ensure_future(coro)
