@@ -274,3 +274,55 @@ def test_libvirtd_restart_keeps_monitoring(daemon, guests, restart_libvirtd):
     assert daemon.status("dmn-web")["live"]
     events = daemon.cli("events").stdout
     assert "LibvirtReconnected" in events or "LibvirtDisconnected" in events, events
+
+
+def _assert_restarted_within(daemon, guest, kill, bound: float) -> None:
+    """Run `kill` and check the daemon restarts the guest within `bound` seconds, then
+    that the new run is live again."""
+    run_id = current_run_id(guest)
+    kill()
+    killed = time.monotonic()
+    try:
+        wait_until(lambda: not guest.dom.isActive() or current_run_id(guest) != run_id,
+                   timeout=30, what=f"{guest.name} to be restarted", interval=0.1)
+    except AssertionError:
+        print(json.dumps(daemon.status(guest.name), indent=1))
+        raise
+    took = time.monotonic() - killed
+    print(f"{guest.name}: restart began {took:.1f}s after the kill (bound {bound}s)")
+    assert took <= bound
+    wait_status(daemon, guest.name, "live again after the restart",
+                lambda e: e["live"] and e["probes"]["liveness"].get("lastResult", {})
+                .get("outcome") == "success")
+
+
+def test_tcp_liveness_restarts_when_nothing_listens(daemon, guests):
+    """KubeVirt's "TCP liveness": alive while a server runs; without one, restarted."""
+    web = guests["web"]
+    _restart_with_spec(web, {**BOOTED, "terminationGracePeriodSeconds": 0,
+                             "livenessProbe": {"tcpSocket": {"port": TCP_PORT}, **FAST,
+                                               "failureThreshold": 2}})
+    wait_status(daemon, "dmn-web", "live by TCP after the startup probe",
+                lambda e: e["probes"]["liveness"].get("lastResult", {})
+                .get("outcome") == "success")
+    # periodSeconds x failureThreshold + timeoutSeconds + 2 s
+    _assert_restarted_within(daemon, web, lambda: web.kill_service("tcp", "KILL"),
+                             bound=1 * 2 + 1 + 2)
+
+
+def test_ping_liveness_restarts_when_the_agent_is_gone(daemon, guests):
+    """KubeVirt's "ping liveness": stop qemu-ga and the VM is restarted (the paused
+    case, which must not be, is test_ping_liveness_does_not_restart_a_user_paused_...)."""
+    agent = guests["agent"]
+    _restart_with_spec(agent, PAUSED_SPEC)
+    wait_status(daemon, "dmn-agent", "live by guest-ping after the startup probe",
+                lambda e: e["probes"]["liveness"].get("lastResult", {})
+                .get("outcome") == "success")
+    pid = agent.service_pid("qemu-ga")
+
+    def kill_the_agent() -> None:
+        # Started, not waited for: the agent that would report the kill's exit is gone.
+        harness_agent.command(agent.dom, "guest-exec",
+                              {"path": "kill", "arg": ["-KILL", str(pid)]})
+
+    _assert_restarted_within(daemon, agent, kill_the_agent, bound=1 * 2 + 1 + 2)
