@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import selectors
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -66,11 +67,11 @@ def _start(argv: list[str], pidfile: Path) -> int:
 def _stop(pid: int) -> None:
     if not _pid_alive(pid):
         return
-    os.kill(pid, 15)
+    os.kill(pid, signal.SIGTERM)
     try:
         wait_until(lambda: not _pid_alive(pid), timeout=15, what=f"pid {pid} to exit")
     except AssertionError:
-        os.kill(pid, 9)
+        os.kill(pid, signal.SIGKILL)
 
 
 def hold(log_dir: Path, console_dir: Path) -> int:
@@ -96,7 +97,9 @@ def hold(log_dir: Path, console_dir: Path) -> int:
         pids.append(_start(["libvirtd", "-d", "-p", str(PEER_DIR / "libvirtd.pid")],
                            PEER_DIR / "libvirtd.pid"))
         print(READY, flush=True)
-        sys.stdin.read()  # until the tests close our stdin
+        # For the life of the peer: until the tests close our stdin, or the sandbox's
+        # pid namespace ends and takes us with it.
+        sys.stdin.read()
     finally:
         for pid in reversed(pids):
             _stop(pid)
