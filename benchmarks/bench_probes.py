@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import multiprocessing
 import os
@@ -36,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -199,6 +201,23 @@ def run_in_child(*args) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def serving_targets(max_seconds: float) -> Iterator[list[int]]:
+    """loopback_targets.py in its own process, for at most max_seconds; yields its ports."""
+    server = subprocess.Popen(
+        [sys.executable, str(HERE / "loopback_targets.py"), "--max-seconds",
+         str(max_seconds)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        yield json.loads(server.stdout.readline())["ports"]
+    finally:
+        server.stdin.close()
+        try:
+            server.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 def median_run(phase_runs: list[dict]) -> dict:
     """The run with the median CPU (the lower middle one of an even count)."""
     ordered = sorted(phase_runs, key=lambda run: run["cpu_percent"])
@@ -218,24 +237,13 @@ def main() -> None:
                         help="wake-up grid of probe starts, in seconds (> 0)")
     args = parser.parse_args()
 
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "loopback_targets.py"), "--max-seconds",
-         str(4 * args.rounds * (args.seconds + args.warmup) + 60)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     runs: dict[str, list[dict]] = {"baseline": [], "floor": [], "probes": []}
-    try:
-        ports = json.loads(server.stdout.readline())["ports"]
+    with serving_targets(4 * args.rounds * (args.seconds + args.warmup) + 60) as ports:
         common = (ports, args.domains, args.warmup, args.seconds, args.loop, args.grain)
         load_before = os.getloadavg()[0]
         for _ in range(args.rounds):  # interleaved, so a noisy minute hits every phase
             for phase, phase_runs in runs.items():
                 phase_runs.append(run_in_child(phase, *common))
-    finally:
-        server.stdin.close()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
     baseline, floor, probes = (median_run(phase_runs) for phase_runs in runs.values())
 
     print(f"{args.domains} domains x (HTTP readiness + TCP liveness) at periodSeconds 1, "

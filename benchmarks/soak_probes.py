@@ -18,7 +18,6 @@ import argparse
 import asyncio
 import gc
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -35,6 +34,7 @@ from bench_probes import (  # noqa: E402 - after the path set-up above
     Tally,
     cpu_seconds,
     domain_spec,
+    serving_targets,
 )
 
 from vmhealth.monitor.coarse_timers import CoarseTimers  # noqa: E402
@@ -91,19 +91,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.minutes < 3:
         parser.error("--minutes must be at least 3 (the first minute is warm-up)")
-    server = subprocess.Popen(
-        [sys.executable, str(HERE / "loopback_targets.py"), "--max-seconds",
-         str(60 * args.minutes + 120)],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        ports = json.loads(server.stdout.readline())["ports"]
+    with serving_targets(60 * args.minutes + 120) as ports:
         rows = asyncio.run(soak(ports, args.domains, args.minutes))
-    finally:
-        server.stdin.close()
-        try:
-            server.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            server.kill()
     second, last = rows[1], rows[-1]
     minutes = last["minute"] - second["minute"]
     print(f"RSS from minute {second['minute']} to {last['minute']}: "
