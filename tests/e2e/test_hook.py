@@ -17,6 +17,7 @@ import pytest
 from lxml import etree
 
 from tests.e2e.harness import paths
+from tests.e2e.harness.domain_xml import watchdog_actions
 from tests.e2e.harness.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
@@ -52,8 +53,7 @@ def _apply(sandbox, name: str, spec: Path) -> None:
 
 
 def _watchdog_actions(dom: libvirt.virDomain, flags: int = 0) -> list[str]:
-    root = etree.fromstring(dom.XMLDesc(flags).encode(), SAFE_PARSER)
-    return [w.get("action") for w in root.findall("devices/watchdog")]
+    return watchdog_actions(dom.XMLDesc(flags))
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,6 @@ import time
 
 import libvirt
 import pytest
-from lxml import etree
 
 from tests.e2e.harness.daemon import (
     BOOT_TIMEOUT,
@@ -28,8 +27,10 @@ from tests.e2e.harness.daemon import (
     define_with_spec,
     wait_status,
 )
+from tests.e2e.harness.domain_xml import watchdog_actions
 from tests.e2e.harness.peer import PEER_DIR, PeerHost
 from tests.e2e.harness.waiting import wait_until
+from vmhealth.xmlsafe import parse_xml, to_string
 
 pytestmark = pytest.mark.e2e
 
@@ -46,22 +47,16 @@ SPEC = {
 # Slow enough that the migration outlasts the failure window below; raised afterwards.
 SLOW_MIB_S = 1
 FAILURE_WINDOW = 6  # seconds: 3x periodSeconds x failureThreshold
-SAFE_PARSER = etree.XMLParser(resolve_entities=False, no_network=True)
-
-
-def _watchdog_actions(xml: str) -> list[str]:
-    root = etree.fromstring(xml.encode(), SAFE_PARSER)
-    return [w.get("action") for w in root.findall("devices/watchdog")]
 
 
 def _destination_xml(dom: libvirt.virDomain) -> str:
     """The domain's migratable XML with the watchdog action changed to 'none': what an
     operator might pass with `virsh migrate --xml`; the hook must undo it."""
     flags = libvirt.VIR_DOMAIN_XML_MIGRATABLE | libvirt.VIR_DOMAIN_XML_SECURE
-    root = etree.fromstring(dom.XMLDesc(flags).encode(), SAFE_PARSER)
+    root = parse_xml(dom.XMLDesc(flags))
     for watchdog in root.findall("devices/watchdog"):
         watchdog.set("action", "none")
-    return etree.tostring(root, encoding="unicode")
+    return to_string(root)
 
 
 def _event_types(daemon: DaemonProcess, domain: str) -> list[str]:
@@ -176,7 +171,7 @@ def test_migration_counts_no_failure_at_the_source_and_the_destination_takes_ove
     wait_status(source, NAME, "live after its startup probe",
                 lambda e: e["live"] and e["probes"]["liveness"].get("lastResult", {})
                 .get("outcome") == "success")
-    assert _watchdog_actions(guest.dom.XMLDesc(0)) == ["reset"]
+    assert watchdog_actions(guest.dom.XMLDesc(0)) == ["reset"]
     source_run = current_run_id(guest)
     xml_file = tmp_path / "destination.xml"
     xml_file.write_text(_destination_xml(guest.dom))
@@ -201,7 +196,7 @@ def test_migration_counts_no_failure_at_the_source_and_the_destination_takes_ove
         moved = peer_conn.lookupByName(NAME)
         assert moved.isActive()
         # The hook on the destination put the spec's action back.
-        assert _watchdog_actions(moved.XMLDesc(0)) == ["reset"]
+        assert watchdog_actions(moved.XMLDesc(0)) == ["reset"]
         arrived_run = moved.ID()
 
         # The destination daemon adopts it; the dead server makes it restart the domain.

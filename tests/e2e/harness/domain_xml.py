@@ -7,6 +7,8 @@ from pathlib import Path
 
 from lxml import etree
 
+from vmhealth.xmlsafe import parse_xml
+
 from .guest_image import GuestImage
 
 
@@ -97,3 +99,8 @@ def build(spec: GuestSpec, image: GuestImage, console_log: Path, bridge: str) ->
     # Nothing the tests do not need: every device costs boot time under TCG.
     _sub(devices, "memballoon", model="none")
     return etree.tostring(domain, pretty_print=True, encoding="unicode")
+
+
+def watchdog_actions(xml: str) -> list[str]:
+    """The action of every <watchdog> in a domain's XML, in order."""
+    return [w.get("action") for w in parse_xml(xml).findall("devices/watchdog")]

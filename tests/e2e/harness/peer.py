@@ -19,16 +19,14 @@ pid namespace takes everything with it.
 
 from __future__ import annotations
 
-import os
 import selectors
 import shutil
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
 from . import paths
-from .sandbox import QEMU_CONF, _bind, _mount_tmpfs, _pid_alive, _run
+from .sandbox import QEMU_CONF, bind, mount_tmpfs, start_daemon, stop_pid
 from .waiting import wait_until
 
 # On the sandbox's /run tmpfs (not hidden by the peer's own mounts): the peer's
@@ -56,32 +54,14 @@ def _vmhealth() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "vmhealth.cli"]
 
 
-def _start(argv: list[str], pidfile: Path) -> int:
-    pidfile.unlink(missing_ok=True)
-    _run(argv)
-    text = wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(),
-                      timeout=15, what=f"{pidfile.name}")
-    return int(text)
-
-
-def _stop(pid: int) -> None:
-    if not _pid_alive(pid):
-        return
-    os.kill(pid, signal.SIGTERM)
-    try:
-        wait_until(lambda: not _pid_alive(pid), timeout=15, what=f"pid {pid} to exit")
-    except AssertionError:
-        os.kill(pid, signal.SIGKILL)
-
-
 def hold(log_dir: Path, console_dir: Path) -> int:
     """The holder: runs in the peer's mount namespace (see the module docstring)."""
     for path in PRIVATE_DIRS:
-        _mount_tmpfs(path)
+        mount_tmpfs(path)
     log_dir.mkdir(parents=True, exist_ok=True)
-    _bind(log_dir, Path("/var/log/libvirt"))
+    bind(log_dir, Path("/var/log/libvirt"))
     # A migrated guest's serial console keeps writing to the file it had.
-    _bind(console_dir, Path("/var/log/libvirt/console"))
+    bind(console_dir, Path("/var/log/libvirt/console"))
     Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
     Path("/etc/libvirt/libvirtd.conf").write_text(_libvirtd_conf())
     # Installed before libvirtd starts, so it finds the hook without a reload.
@@ -91,18 +71,16 @@ def hold(log_dir: Path, console_dir: Path) -> int:
         print(f"vmhealth hook install failed: {installed.stderr}", flush=True)
         return 1
     PEER_DIR.mkdir(parents=True, exist_ok=True)
-    pids = [_start(["virtlogd", "-d", "-p", str(PEER_DIR / "virtlogd.pid")],
-                   PEER_DIR / "virtlogd.pid")]
+    pids = [start_daemon(["virtlogd", "-d", "-p", str(PEER_DIR / "virtlogd.pid")])]
     try:
-        pids.append(_start(["libvirtd", "-d", "-p", str(PEER_DIR / "libvirtd.pid")],
-                           PEER_DIR / "libvirtd.pid"))
+        pids.append(start_daemon(["libvirtd", "-d", "-p", str(PEER_DIR / "libvirtd.pid")]))
         print(READY, flush=True)
         # For the life of the peer: until the tests close our stdin, or the sandbox's
         # pid namespace ends and takes us with it.
         sys.stdin.read()
     finally:
         for pid in reversed(pids):
-            _stop(pid)
+            stop_pid(pid)
     return 0
 
 

@@ -77,21 +77,21 @@ log_outputs = "3:file:/var/log/libvirt/libvirtd.log"
 """
 
 
-def _run(argv: list[str], timeout: float = 30) -> None:
+def run(argv: list[str], timeout: float = 30) -> None:
     subprocess.run(argv, check=True, timeout=timeout)
 
 
-def _mount_tmpfs(path: str) -> None:
+def mount_tmpfs(path: str) -> None:
     os.makedirs(path, exist_ok=True)
-    _run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", path])
+    run(["mount", "-t", "tmpfs", "-o", "mode=0755", "tmpfs", path])
 
 
-def _bind(source: Path, target: Path) -> None:
+def bind(source: Path, target: Path) -> None:
     target.mkdir(parents=True, exist_ok=True)
-    _run(["mount", "--bind", str(source), str(target)])
+    run(["mount", "--bind", str(source), str(target)])
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -102,6 +102,30 @@ def _pid_alive(pid: int) -> bool:
             return stat.read().split(") ", 1)[1][:1] != "Z"
     except OSError:
         return False
+
+
+def start_daemon(argv: list[str]) -> int:
+    """Run a daemon that forks away and writes its pid file (argv's last word); its pid."""
+    pidfile = Path(argv[-1])
+    pidfile.unlink(missing_ok=True)
+    run(argv)
+    text = wait_until(
+        lambda: pidfile.exists() and pidfile.read_text().strip(),
+        timeout=15,
+        what=f"{pidfile.name}",
+    )
+    return int(text)
+
+
+def stop_pid(pid: int, timeout: float = 15) -> None:
+    """SIGTERM, and SIGKILL if it has not exited within `timeout`."""
+    if not pid_alive(pid):
+        return
+    os.kill(pid, signal.SIGTERM)
+    try:
+        wait_until(lambda: not pid_alive(pid), timeout=timeout, what=f"pid {pid} to exit")
+    except AssertionError:
+        os.kill(pid, signal.SIGKILL)
 
 
 class Sandbox:
@@ -184,7 +208,7 @@ class Sandbox:
 
     def _libvirtd_answers(self) -> bool:
         pid = self._pids["libvirtd"]
-        if not _pid_alive(pid):
+        if not pid_alive(pid):
             raise GiveUp(f"libvirtd exited; see {self.log_dir / 'libvirtd.log'}")
         if not SOCKET.exists():
             return False
@@ -201,18 +225,18 @@ class Sandbox:
     # ---------------------------------------------------------------- internals
     def _mount_private_dirs(self) -> None:
         for path in PRIVATE_DIRS:
-            _mount_tmpfs(path)
+            mount_tmpfs(path)
         # Logs go to a directory on the host's disk (under build/) so they outlive
         # the namespace; the host's /var/log/libvirt is hidden, not written.
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        _bind(self.log_dir, LOG_DIR)
+        bind(self.log_dir, LOG_DIR)
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        _bind(self.cache_dir, CACHE_DIR)
+        bind(self.cache_dir, CACHE_DIR)
         self.console_dir.mkdir(parents=True, exist_ok=True)
         HOOK_DIR.mkdir(parents=True, exist_ok=True)
         # libvirt's sysfs lookups (/sys/class/net/BRIDGE) must see this network
         # namespace's devices, and a fresh sysfs also hides the host's cgroup tree.
-        _run(["mount", "-t", "sysfs", "sysfs", "/sys"])
+        run(["mount", "-t", "sysfs", "sysfs", "/sys"])
 
     def _provide_accounts(self) -> None:
         """Make libvirt-qemu and kvm exist, without touching the host's account files.
@@ -242,7 +266,7 @@ class Sandbox:
                 text += "\n"
             copy = private / Path(original).name
             copy.write_text(text + "".join(missing))
-            _run(["mount", "--bind", str(copy), original])
+            run(["mount", "--bind", str(copy), original])
 
     def _write_config(self) -> None:
         Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
@@ -250,33 +274,20 @@ class Sandbox:
 
     def _setup_network(self) -> None:
         br = self.bridge
-        _run(["ip", "link", "set", "lo", "up"])
-        _run(["ip", "link", "add", br.name, "type", "bridge"])
-        _run(["ip", "addr", "add", f"{br.ipv4}/{br.prefix4}", "dev", br.name])
+        run(["ip", "link", "set", "lo", "up"])
+        run(["ip", "link", "add", br.name, "type", "bridge"])
+        run(["ip", "addr", "add", f"{br.ipv4}/{br.prefix4}", "dev", br.name])
         # nodad: the address is usable at once instead of after duplicate detection.
-        _run(["ip", "-6", "addr", "add", f"{br.ipv6}/{br.prefix6}", "dev", br.name, "nodad"])
-        _run(["ip", "link", "set", br.name, "up"])
+        run(["ip", "-6", "addr", "add", f"{br.ipv6}/{br.prefix6}", "dev", br.name, "nodad"])
+        run(["ip", "link", "set", br.name, "up"])
 
     def _start_daemon(self, name: str, argv: list[str]) -> None:
-        pidfile = Path(argv[-1])
-        pidfile.unlink(missing_ok=True)
-        _run(argv)
-        text = wait_until(
-            lambda: pidfile.exists() and pidfile.read_text().strip(),
-            timeout=15,
-            what=f"{name}'s pid file",
-        )
-        self._pids[name] = int(text)
+        self._pids[name] = start_daemon(argv)
 
     def _stop_daemon(self, name: str, timeout: float = 15) -> None:
         pid = self._pids.pop(name, None)
-        if pid is None or not _pid_alive(pid):
-            return
-        os.kill(pid, signal.SIGTERM)
-        try:
-            wait_until(lambda: not _pid_alive(pid), timeout=timeout, what=f"{name} to exit")
-        except AssertionError:
-            os.kill(pid, signal.SIGKILL)
+        if pid is not None:
+            stop_pid(pid, timeout)
 
     def _destroy_all_domains(self) -> None:
         if "libvirtd" not in self._pids:
