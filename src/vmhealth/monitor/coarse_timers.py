@@ -43,10 +43,6 @@ class CoarseTimers:
         if loop is self._loop:
             self._slots = {}
 
-    def slot_time(self, when: float) -> float:
-        """The grid time at which a callback asked for `when` runs."""
-        return math.ceil(when / self.grain) * self.grain
-
     def _run(self, loop: asyncio.AbstractEventLoop, slot: int) -> None:
         if loop is not self._loop:
             return

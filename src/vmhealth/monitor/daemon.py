@@ -348,13 +348,12 @@ class Daemon:
             if uuid not in seen:
                 await self._drop(uuid, "no longer running")
         self.metrics.monitored.set(len(self.monitors))
-        await self.forget_departed()
 
     async def forget_departed(self) -> None:
         """Forget what is kept per domain (metric series, locks, restart back-off) for
-        domains that no longer exist on this host: at every (re)connect and every
-        SWEEP_SECONDS, so a host that creates and deletes domains all day does not
-        grow the daemon without end."""
+        domains that no longer exist on this host, every SWEEP_SECONDS (a sweep, not
+        events: deletions while libvirt was unreachable count too), so a host that
+        creates and deletes domains all day does not grow the daemon without end."""
         conn = self.conn
         if conn is None:
             return
