@@ -189,8 +189,11 @@ def rpms(tmp_path_factory):
     assert len(srpms) == 1, built
     version = query(Path(srpms[0]), "--qf", "%{VERSION}-%{RELEASE}")
     assert version.startswith(f"{vmhealth.__version__}-")
-    names = {"srpm": f"vmhealth-{version}.src.rpm", "host": f"vmhealth-{version}.noarch.rpm",
-             "python": f"python3-vmhealth-{version}.noarch.rpm",
+    # python3-vmhealth has a C extension (the native probe lane); the host package
+    # follows its architecture, the guest package stays noarch (docs/packaging.md).
+    arch = checked(["rpm", "--eval", "%{_arch}"]).strip()
+    names = {"srpm": f"vmhealth-{version}.src.rpm", "host": f"vmhealth-{version}.{arch}.rpm",
+             "python": f"python3-vmhealth-{version}.{arch}.rpm",
              "guest": f"vmhealth-guest-{version}.noarch.rpm"}
     return SimpleNamespace(built=sorted(Path(path).name for path in built), version=version,
                            out=out, **{key: out / name for key, name in names.items()})
@@ -214,7 +217,7 @@ def sitelib(files: list[str]) -> str:
     return inits[0][:-len("/vmhealth/__init__.py")]
 
 
-def test_build_makes_the_srpm_and_three_noarch_rpms(rpms):
+def test_build_makes_the_srpm_and_three_rpms(rpms):
     assert rpms.built == sorted(path.name for path in (rpms.srpm, rpms.host, rpms.python,
                                                        rpms.guest))
 
@@ -248,6 +251,8 @@ def test_host_rpm_brings_the_python_package_of_the_same_build(rpms):
     for module in ("vmhealth/cli.py", "vmhealth/hook/main.py", "vmhealth/monitor/daemon.py",
                    "vmhealth/guest/setup.py"):
         assert f"{lib}/{module}" in files
+    assert any(path.startswith(f"{lib}/vmhealth/_fastlane.") and path.endswith(".so")
+               for path in files), "the native probe lane is missing from python3-vmhealth"
     assert "/usr/bin/vmhealth" in files
     assert "/usr/share/bash-completion/completions/vmhealth" in files
 
@@ -319,7 +324,11 @@ def dists(tmp_path_factory):
         shutil.copy2(REPO / relative, source / relative, follow_symlinks=False)
     checked([sys.executable, "-m", "build", "--outdir", top / "dist", source])
     version = vmhealth.__version__
-    return SimpleNamespace(top=top, wheel=top / "dist" / f"vmhealth-{version}-py3-none-any.whl",
+    # A platform wheel (vmhealth-VERSION-cp3X-cp3X-linux_ARCH.whl): it carries the
+    # native probe lane, a C extension.
+    wheels = sorted((top / "dist").glob(f"vmhealth-{version}-cp*.whl"))
+    assert len(wheels) == 1, sorted(path.name for path in (top / "dist").iterdir())
+    return SimpleNamespace(top=top, wheel=wheels[0],
                            sdist=top / "dist" / f"vmhealth-{version}.tar.gz")
 
 
@@ -343,6 +352,8 @@ def test_wheel_holds_every_package_file(dists):
         names = set(wheel.namelist())
         entry_points = wheel.read(f"vmhealth-{vmhealth.__version__}.dist-info/entry_points.txt")
     assert expected <= names, sorted(expected - names)
+    assert any(name.startswith("vmhealth/_fastlane.") and name.endswith(".so")
+               for name in names), "the native probe lane is missing from the wheel"
     assert "vmhealth = vmhealth.cli:main" in entry_points.decode()
 
 
@@ -350,8 +361,9 @@ def test_sdist_builds_the_same_package(dists):
     prefix = f"vmhealth-{vmhealth.__version__}"
     with tarfile.open(dists.sdist) as sdist:
         names = set(sdist.getnames())
-    for relative in ("LICENSE", "README.md", "setup.cfg", "pyproject.toml",
-                     "src/vmhealth/cli.py", "src/vmhealth/hook/launcher.py"):
+    for relative in ("LICENSE", "README.md", "setup.cfg", "setup.py", "pyproject.toml",
+                     "src/vmhealth/cli.py", "src/vmhealth/hook/launcher.py",
+                     "src/native/fastlane.c", "src/native/system_llhttp_llhttp.c"):
         assert f"{prefix}/{relative}" in names
 
 
