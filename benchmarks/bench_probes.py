@@ -8,7 +8,7 @@ narrow GuestAccess seam), so startup gating is part of the run. Every domain rep
 to the daemon's own listener (DomainMonitor: status, events, Prometheus metrics). The
 targets are served on 127.0.0.1 by a separate process (benchmarks/loopback_targets.py);
 each phase runs in a fresh child process, so its CPU (getrusage) and RSS are the
-daemon-side figures. Three phases, each after a warm-up, repeated in interleaved
+daemon-side figures. Four phases, each after a warm-up, repeated in interleaved
 rounds (the machine is shared and noisy: the median run of each phase is reported,
 with the range of its CPU figures):
 
@@ -17,7 +17,11 @@ with the range of its CPU figures):
   GETs and 1,000 TCP connects a second) made by the leanest code known
   (floor_probing.py), with no state, results or metrics: what the kernel and the
   event loop alone cost;
-- probes: the real handlers and state machine.
+- python: the real handlers and state machine, every probe in Python (the daemon
+  with `native_lane = no`);
+- probes: the daemon as it ships (`native_lane = yes`): the same, with settled probes
+  repeated by the native lane (vmhealth._fastlane) and their successes folded in
+  at the end of the window, as a /metrics scrape would.
 
 Lateness = how long after its scheduled tick a probe started. Targets (issue 4):
 daemon CPU < 15% of one core, RSS < 120 MB, p99 lateness < 50 ms. The machine has
@@ -49,6 +53,7 @@ from vmhealth.monitor.domain_monitor import DomainMonitor
 from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.interfaces import Outcome, ProbeResult
 from vmhealth.monitor.metrics import Metrics
+from vmhealth.monitor.native_lane import NativeLanes
 from vmhealth.monitor.prober import DomainProber, LoopClock
 from vmhealth.monitor.probes import starter_for
 
@@ -70,6 +75,9 @@ class FakeGuest:
     def cached_addresses(self) -> list[str]:
         return ["127.0.0.1"]
 
+    def addresses_valid_until(self) -> float:
+        return float("inf")
+
     async def agent_command(self, command, timeout):
         return {}
 
@@ -85,6 +93,11 @@ class Tally:
         self.outcomes: dict[str, int] = {}
         self.failures: list[str] = []
         self.lateness: list[float] = []
+
+    def count_many(self, kind, count) -> None:
+        if self.measuring:
+            key = (kind, Outcome.SUCCESS)
+            self.outcomes[key] = self.outcomes.get(key, 0) + count
 
     def count(self, kind, result) -> None:
         if self.measuring:  # a tuple key: no string formatting inside the measured window
@@ -110,6 +123,10 @@ class CountingMonitor(DomainMonitor):
     def on_result(self, kind, result, *, counted):
         super().on_result(kind, result, counted=counted)
         self.tally.count(kind, result)
+
+    def on_repeated_successes(self, kind, last, count, buckets, seconds):
+        super().on_repeated_successes(kind, last, count, buckets, seconds)
+        self.tally.count_many(kind, count)
 
 
 def noop_starters(probe):
@@ -143,13 +160,16 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
         floor.start()
         return await measure(phase, tally, warmup, seconds, floor.stop)
     starters = noop_starters if phase == "baseline" else starter_for
+    lanes = NativeLanes.start() if phase == "probes" else None
+    if phase == "probes" and lanes is None:
+        raise SystemExit("vmhealth._fastlane is not built (pip install -e . with llhttp)")
     events, metrics = EventLog(), Metrics()
     probers, clock = [], LoopClock(CoarseTimers(grain))  # one grid for all, as in the daemon
     for i in range(domains):
         health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}")
         monitor = CountingMonitor(tally, f"uuid-{i}", health, access, events, metrics)
         prober = DomainProber(health, access, monitor, starters=starters,
-                              lateness_observer=tally.observe, clock=clock)
+                              lateness_observer=tally.observe, clock=clock, lanes=lanes)
         monitor.attach(prober)
         probers.append(prober)
     for prober in probers:
@@ -157,22 +177,43 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
 
     async def stop():
         await asyncio.gather(*(prober.stop() for prober in probers))
+        if lanes is not None:
+            lanes.close()
 
-    return await measure(phase, tally, warmup, seconds, stop)
+    return await measure(phase, tally, warmup, seconds, stop, lanes)
 
 
-async def measure(phase: str, tally: Tally, warmup: float, seconds: float, stop) -> dict:
+def lane_lateness(lanes: NativeLanes) -> list[float]:
+    """The native lane's lateness histogram as samples (each at its bucket's top)."""
+    width, counts = lanes.lateness()
+    samples: list[float] = []
+    for index, count in enumerate(counts):
+        samples.extend([(index + 1) * width] * count)
+    return samples
+
+
+async def measure(phase: str, tally: Tally, warmup: float, seconds: float, stop,
+                  lanes: NativeLanes | None = None) -> dict:
     await asyncio.sleep(warmup)
+    if lanes is not None:  # what the lanes counted during the warm-up is not measured
+        lanes.fold_all()
+        lanes.lateness(reset=True)
     tally.measuring = True
     cpu0, wall0 = cpu_seconds(), time.monotonic()
     await asyncio.sleep(seconds)
+    if lanes is not None:
+        lanes.fold_all()  # inside the window: a /metrics scrape would pay it too
     cpu1, wall1 = cpu_seconds(), time.monotonic()
     tally.measuring = False
     rss = psutil.Process().memory_info().rss
+    offloaded = len(lanes) if lanes is not None else 0
+    if lanes is not None:
+        tally.lateness.extend(lane_lateness(lanes))
     await stop()
     late = sorted(tally.lateness) or [0.0]
     return {
         "phase": phase,
+        "offloaded": offloaded,
         "cpu_percent": 100 * (cpu1 - cpu0) / (wall1 - wall0),
         "rss_mb": rss / 2**20,
         "p50_ms": 1000 * statistics.median(late),
@@ -231,20 +272,20 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20, help="measured window per phase")
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3,
-                        help="rounds of the three phases, interleaved; the median is shown")
+                        help="rounds of the four phases, interleaved; the median is shown")
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), default="asyncio")
     parser.add_argument("--grain", type=float, default=0.005,
                         help="wake-up grid of probe starts, in seconds (> 0)")
     args = parser.parse_args()
 
-    runs: dict[str, list[dict]] = {"baseline": [], "floor": [], "probes": []}
-    with serving_targets(4 * args.rounds * (args.seconds + args.warmup) + 60) as ports:
+    runs: dict[str, list[dict]] = {"baseline": [], "floor": [], "python": [], "probes": []}
+    with serving_targets(5 * args.rounds * (args.seconds + args.warmup) + 60) as ports:
         common = (ports, args.domains, args.warmup, args.seconds, args.loop, args.grain)
         load_before = os.getloadavg()[0]
         for _ in range(args.rounds):  # interleaved, so a noisy minute hits every phase
             for phase, phase_runs in runs.items():
                 phase_runs.append(run_in_child(phase, *common))
-    baseline, floor, probes = (median_run(phase_runs) for phase_runs in runs.values())
+    baseline, floor, python, probes = (median_run(phase_runs) for phase_runs in runs.values())
 
     print(f"{args.domains} domains x (HTTP readiness + TCP liveness) at periodSeconds 1, "
           f"loop={args.loop}, grain={args.grain * 1000:g} ms, {args.seconds:.0f} s measured "
@@ -253,18 +294,23 @@ def main() -> None:
           f"{os.getloadavg()[0]:.1f} after (2 cores, shared)")
     print(f"{'phase':10} {'CPU %core':>9} {'RSS MB':>7} {'p50 ms':>7} {'p99 ms':>7} "
           f"{'probes/s':>9}")
-    for row in (baseline, floor, probes):
+    for row in (baseline, floor, python, probes):
         cpus = sorted(run["cpu_percent"] for run in runs[row["phase"]])
         spread = f"  (CPU {cpus[0]:.1f}-{cpus[-1]:.1f})" if len(cpus) > 1 else ""
         print(f"{row['phase']:10} {row['cpu_percent']:9.1f} {row['rss_mb']:7.1f} "
               f"{row['p50_ms']:7.2f} {row['p99_ms']:7.2f} {row['probes_per_second']:9.0f}"
               + spread)
-    print("outcomes:", json.dumps(probes["outcomes"], sort_keys=True))
+    print("outcomes:", json.dumps(probes["outcomes"], sort_keys=True),
+          f"(probes in the native lane at the end: {probes['offloaded']})")
+    print("outcomes, python:", json.dumps(python["outcomes"], sort_keys=True))
     for message in probes["sample_failures"]:
         print("  not a success:", message)
     ratio = probes["cpu_percent"] / max(baseline["cpu_percent"], 0.01)
     print(f"CPU ratio probes/floor: {probes['cpu_percent'] / max(floor['cpu_percent'], 0.01):.2f}x"
           f" (the floor is the kernel and event loop making the same connections)")
+    native_gain = probes["cpu_percent"] / max(python["cpu_percent"], 0.01)
+    print(f"CPU ratio probes/python: {native_gain:.2f}x"
+          f" (the native lane against every probe in Python)")
     print(f"CPU ratio probes/baseline: {ratio:.1f}x; per probe: "
           f"{1e4 * probes['cpu_percent'] / max(probes['probes_per_second'], 1):.0f} us "
           f"(baseline {1e4 * baseline['cpu_percent'] / max(baseline['probes_per_second'], 1):.0f}"

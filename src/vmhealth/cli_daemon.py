@@ -84,8 +84,9 @@ def _print_domain(entry: dict[str, Any]) -> None:
         last = probe.get("lastResult")
         if last:
             counted = "" if last["counted"] else ", not counted"
+            lane = ", repeated by the native lane" if probe.get("nativeLane") else ""
             click.echo(f"    last: {last['outcome']} at {_when(last['time'])} in "
-                       f"{last['duration'] * 1000:.0f} ms{counted}: {last['message']}")
+                       f"{last['duration'] * 1000:.0f} ms{counted}{lane}: {last['message']}")
 
 
 def _healthy_word(kind: str, healthy: bool | None) -> str:

@@ -101,6 +101,21 @@ def test_tcp_readiness_ready_once_the_guest_listens(daemon, guests):
     result = daemon.cli("wait", "dmn-web", "--for", "ready", "--timeout", "10s")
     assert result.returncode == 0, result.stderr
     assert daemon.cli("status", "dmn-web").returncode == 0
+    # Settled, both probes move to the native lane, which keeps probing the guest:
+    # status shows its successes arriving.
+    _wait_in_native_lane(daemon, "dmn-web", "readiness", "liveness")
+    first = daemon.status("dmn-web")["probes"]["readiness"]["lastResult"]
+    time.sleep(2.5)
+    entry = daemon.status("dmn-web")
+    later = entry["probes"]["readiness"]["lastResult"]
+    assert entry["ready"] and entry["probes"]["readiness"]["nativeLane"]
+    assert later["outcome"] == "success" and later["time"] >= first["time"] + 1.5
+    assert later["message"] == first["message"]
+
+
+def _wait_in_native_lane(daemon, domain: str, *kinds: str) -> None:
+    wait_status(daemon, domain, f"{', '.join(kinds)} in the native lane",
+                lambda e: all(e["probes"][kind]["nativeLane"] for kind in kinds))
 
 
 def test_exec_readiness_cat_false_and_a_command_that_never_ends(daemon, guests):
@@ -191,6 +206,7 @@ def _assert_restarted_within(daemon, guest, kill, bound: float) -> None:
 def test_http_liveness_restarts_within_its_bound(daemon, guests, recorder):
     web = guests["web"]
     wait_status(daemon, "dmn-web", "ready", lambda e: e["ready"])
+    _wait_in_native_lane(daemon, "dmn-web", "liveness")  # the failure starts in the lane
     _assert_restarted_within(daemon, web, lambda: web.kill_service("httpd", "KILL"),
                              bound=RESTART_BOUND)
     wait_status(daemon, "dmn-web", "running again and ready", lambda e: e["ready"])
@@ -297,6 +313,7 @@ def test_tcp_liveness_restarts_when_nothing_listens(daemon, guests):
     wait_status(daemon, "dmn-web", "live by TCP after the startup probe",
                 lambda e: e["probes"]["liveness"].get("lastResult", {})
                 .get("outcome") == "success")
+    _wait_in_native_lane(daemon, "dmn-web", "liveness")  # the failure starts in the lane
     _assert_restarted_within(daemon, web, lambda: web.kill_service("tcp", "KILL"),
                              bound=RESTART_BOUND)
 

@@ -49,6 +49,7 @@ def test_values_are_read():
 [daemon]
 libvirt_uri = qemu+ssh://host/system
 agent_threads = 4
+native_lane = no
 [api]
 socket_path = /tmp/vmh.sock
 tcp_listen = [::1]:9477
@@ -60,6 +61,7 @@ onLivenessFailure = reset
 """)
     assert config.libvirt_uri == "qemu+ssh://host/system"
     assert config.agent_threads == 4
+    assert config.native_lane is False
     assert config.tcp_address == ("::1", 9477)
     assert config.backoff_initial_seconds == 5.0
     assert config.spec_defaults == {"periodSeconds": 5, "onLivenessFailure": "reset"}
@@ -81,6 +83,7 @@ onLivenessFailure = reset
      "[defaults] onLivenessFailure: must be one of restart, reset, poweroff, none"),
     ("[defaults]\ntimeoutSeconds = 20\n", "timeoutSeconds must not be above periodSeconds"),
     ("[daemon]\nlog_level = loud\n", "[daemon] log_level: must be one of debug, info"),
+    ("[daemon]\nnative_lane = maybe\n", "[daemon] native_lane: must be yes or no, got 'maybe'"),
     ("no section\n", "File contains no section headers"),
 ])
 def test_bad_values_name_the_key(text: str, message: str):

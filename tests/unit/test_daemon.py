@@ -49,11 +49,21 @@ def domain_xml(name: str, spec: dict | None) -> str:
 class FakeProber:
     instances: list[FakeProber] = []
 
-    def __init__(self, spec, access, listener) -> None:
-        self.spec, self.access, self.listener = spec, access, listener
+    def __init__(self, spec, access, listener, *, lanes=None) -> None:
+        self.spec, self.access, self.listener, self.lanes = spec, access, listener, lanes
+        self.lanes_recalled = 0
         self.started: dict | None = None
         self.stopped = False
         FakeProber.instances.append(self)
+
+    def fold_lanes(self) -> None:
+        pass
+
+    def native_kinds(self) -> set:
+        return set()
+
+    def recall_lanes(self) -> None:
+        self.lanes_recalled += 1
 
     def snapshot(self):
         return {kind: ProbeSnapshot(kind, kind is ProbeKind.LIVENESS,
@@ -114,6 +124,21 @@ def test_adopts_running_domains_with_a_spec_only(world):
     # Found running at daemon start: jittered so probes do not fire in lock-step.
     assert all(options["jitter_first_probe"] for options in started)
     assert {e.domain for e in world.events.recent() if e.type == "Adopted"} == {"web1", "web2"}
+
+
+def test_probers_share_the_native_lane_unless_configured_off(world, tmp_path):
+    assert world.lanes is not None
+    assert all(p.lanes is world.lanes for p in FakeProber.instances)
+    config = DaemonConfig(libvirt_uri=world.config.libvirt_uri, native_lane=False,
+                          spool_dir=str(tmp_path / "spool2"))
+    FakeProber.instances = []
+    daemon = Daemon(config, prober_factory=FakeProber)
+    run(daemon.start())
+    try:
+        assert daemon.lanes is None
+        assert FakeProber.instances and all(p.lanes is None for p in FakeProber.instances)
+    finally:
+        run(daemon.shutdown())
 
 
 def test_status_reports_initial_states(world):
@@ -211,6 +236,11 @@ def test_watchdog_and_agent_events_are_recorded(world):
     events = world.events.recent("web1")
     assert (events[-2].type, events[-2].fields) == ("Watchdog", {"action": "poweroff"})
     assert events[-1].type == "AgentDisconnected"
+    prober = world.monitors[web1.UUIDString()].prober
+    assert prober.lanes_recalled == 0
+    world._on_agent(world.conn, web1,
+                    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED, 1, None)
+    assert prober.lanes_recalled == 1  # the agent may report new addresses: probe them
     assert b'vmhealth_watchdog_events_total{action="poweroff",domain="web1"} 1.0' in \
         world.metrics.render()
 

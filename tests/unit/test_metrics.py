@@ -82,3 +82,25 @@ def test_retain_domains_forgets_every_series_of_the_others():
     metrics.count_action("gone1", "restart")
     assert samples(metrics)[("vmhealth_liveness_actions_total",
                              (("action", "restart"), ("domain", "gone1")))] == 1
+
+
+def test_repeated_successes_count_and_fill_the_histogram_before_render():
+    metrics = Metrics()
+    observe(metrics, ProbeKind.READINESS, Outcome.SUCCESS, 0.001)
+    pending = [(5, (4, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0), 0.05)]
+
+    def fold():  # as the daemon folds the native lane's silent successes
+        while pending:
+            metrics.observe_repeated("web1", ProbeKind.READINESS, *pending.pop())
+
+    metrics.before_render.append(fold)
+    got = samples(metrics)
+    assert got[("vmhealth_probe_results_total",
+                (("counted", "true"), ("domain", "web1"), ("outcome", "success"),
+                 ("probe", "readiness")))] == 6
+    assert got[("vmhealth_probe_duration_seconds_bucket",
+                (("le", "0.005"), ("probe", "readiness")))] == 5
+    assert got[("vmhealth_probe_duration_seconds_bucket",
+                (("le", "0.025"), ("probe", "readiness")))] == 6
+    assert abs(got[("vmhealth_probe_duration_seconds_sum", (("probe", "readiness"),))]
+               - 0.051) < 1e-9

@@ -38,6 +38,7 @@ class DaemonConfig:
     reconnect_max_seconds: float = 30.0
     event_buffer: int = 1000
     log_level: str = "info"
+    native_lane: bool = True  # repeat settled network probes in the native engine
     backoff_initial_seconds: float = 10.0
     backoff_max_seconds: float = 300.0
     backoff_reset_seconds: float = 600.0
@@ -119,6 +120,15 @@ def _log_level(text: str, where: str) -> str:
     return text.lower()
 
 
+def _yes_no(text: str, where: str) -> bool:
+    words = {"yes": True, "true": True, "on": True, "1": True,
+             "no": False, "false": False, "off": False, "0": False}
+    value = words.get(text.strip().lower())
+    if value is None:
+        raise ConfigError(f"{where}: must be yes or no, got {text!r}")
+    return value
+
+
 def _choice(*allowed: str) -> Callable[[str, str], str]:
     def check(text: str, where: str) -> str:
         if text not in allowed:
@@ -139,6 +149,7 @@ DAEMON_KEYS: dict[str, dict[str, tuple[str, Callable[[str, str], Any]]]] = {
         "reconnect_max_seconds": ("reconnect_max_seconds", _positive_number),
         "event_buffer": ("event_buffer", _positive_int),
         "log_level": ("log_level", _log_level),
+        "native_lane": ("native_lane", _yes_no),
     },
     "api": {
         "socket_path": ("socket_path", _absolute_path),

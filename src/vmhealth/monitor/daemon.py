@@ -37,6 +37,7 @@ from vmhealth.monitor.interfaces import ProbeResult
 from vmhealth.monitor.libvirt_access import LibvirtGuestAccess
 from vmhealth.monitor.logfmt import log_fields
 from vmhealth.monitor.metrics import Metrics
+from vmhealth.monitor.native_lane import NativeLanes
 from vmhealth.monitor.prober import DomainProber
 from vmhealth.monitor.spool import SpoolWatcher
 from vmhealth.spec import LivenessAction, ProbeKind
@@ -95,8 +96,9 @@ class UnknownDomain(LookupError):
     pass
 
 
-def default_prober_factory(spec: Any, access: Any, listener: Any) -> Any:
-    return DomainProber(spec, access, listener)
+def default_prober_factory(spec: Any, access: Any, listener: Any, *,
+                           lanes: NativeLanes | None = None) -> Any:
+    return DomainProber(spec, access, listener, lanes=lanes)
 
 
 async def _maybe_await(value: Any) -> Any:
@@ -141,6 +143,7 @@ class Daemon:
         self.spool: SpoolWatcher | None = None
         self.connected: asyncio.Event | None = None  # created in start(), on the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the daemon's, set in start()
+        self.lanes: NativeLanes | None = None  # the native probe lane, set in start()
 
     # ------------------------------------------------------------------ running
     async def start(self) -> None:
@@ -153,6 +156,10 @@ class Daemon:
             self._stop = asyncio.Event()
         self.connected = asyncio.Event()
         self._loop = asyncio.get_running_loop()
+        if self.config.native_lane and self.lanes is None:
+            self.lanes = NativeLanes.start()
+            if self.lanes is not None:
+                self.metrics.before_render.append(self.lanes.fold_all)
         self.actions = ActionRunner(
             self.events, self.control_pool, initial=self.config.backoff_initial_seconds,
             maximum=self.config.backoff_max_seconds,
@@ -204,6 +211,8 @@ class Daemon:
         for task in list(self._tasks):
             task.cancel()
         self.events.close()
+        if self.lanes is not None:
+            self.lanes.close()  # every prober has stopped: no lane is left
         await self._close_libvirt(LIBVIRT_DRAIN_SECONDS)
 
     async def _close_libvirt(self, seconds: float) -> None:
@@ -415,7 +424,7 @@ class Daemon:
             pass  # suppression_reason() says "state not known yet" until the next refresh
         monitor = DomainMonitor(uuid, run_id, spec, access, events=self.events,
                                 metrics=self.metrics, on_liveness_failed=self._liveness_failed)
-        monitor.attach(self._prober_factory(spec, access, monitor))
+        monitor.attach(self._prober_factory(spec, access, monitor, lanes=self.lanes))
         self.monitors[uuid] = monitor
         # Jitter only for domains found running (daemon or libvirtd restart): many probes
         # would otherwise fire in lock-step. A fresh start is probed on its own schedule.
@@ -483,6 +492,7 @@ class Daemon:
         monitor = self.monitors.get(dom.UUIDString())
         if monitor is not None and connected:
             monitor.access.forget_addresses()  # the agent may know addresses now
+            monitor.prober.recall_lanes()  # ... so no lane keeps probing the old ones
         self.events.record(dom.name(), "AgentConnected" if connected else "AgentDisconnected",
                            "guest agent " + ("connected" if connected else "disconnected"),
                            reason=reason)
@@ -549,7 +559,13 @@ class Daemon:
                 return candidate
         raise UnknownDomain(key)
 
+    def _fold_lanes(self) -> None:
+        """Bring the native lane's silent successes into the published status."""
+        if self.lanes is not None:
+            self.lanes.fold_all()
+
     def status(self) -> dict[str, Any]:
+        self._fold_lanes()
         pending = self.actions.pending if self.actions else {}
         domains = []
         for monitor in sorted(self.monitors.values(), key=lambda m: m.name):
@@ -562,6 +578,7 @@ class Daemon:
 
     def domain_status(self, key: str) -> dict[str, Any]:
         monitor = self.find(key)
+        monitor.prober.fold_lanes()
         entry = monitor.to_dict()
         if self.actions is not None and monitor.uuid in self.actions.pending:
             entry["action"] = self.actions.pending[monitor.uuid].to_dict()

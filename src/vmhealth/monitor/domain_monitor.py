@@ -32,9 +32,9 @@ class ProbeStatus:
     last_result: ProbeResult | None = None
     last_counted: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, *, native_lane: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"healthy": self.healthy, "reason": self.reason,
-                               "since": self.since}
+                               "since": self.since, "nativeLane": native_lane}
         if self.last_result is not None:
             result = self.last_result
             out["lastResult"] = {"outcome": result.outcome.value, "message": result.message,
@@ -79,6 +79,14 @@ class DomainMonitor:
             status.last_counted = counted
         self._metrics.observe_result(self.name, kind, result, counted)
 
+    def on_repeated_successes(self, kind: ProbeKind, last: ProbeResult, count: int,
+                              buckets: tuple[int, ...], seconds: float) -> None:
+        status = self.probes.get(kind)
+        if status is not None:
+            status.last_result = last
+            status.last_counted = True
+        self._metrics.observe_repeated(self.name, kind, count, buckets, seconds)
+
     def on_state_change(self, change: StateChange) -> None:
         status = self.probes.setdefault(change.kind, ProbeStatus(None, "", time.time()))
         if change.result is not None:
@@ -121,6 +129,9 @@ class DomainMonitor:
 
     def to_dict(self) -> dict[str, Any]:
         state = self.access.state
+        # Probes the native lane repeats (docs/probes.md); their last result is the
+        # lane's latest success, folded in before status is read.
+        native = self.prober.native_kinds() if self.prober is not None else set()
         return {
             "name": self.name,
             "uuid": self.uuid,
@@ -130,5 +141,6 @@ class DomainMonitor:
             "live": self.live,
             "adoptedAt": self.adopted_at,
             "onLivenessFailure": self.spec.on_liveness_failure.value,
-            "probes": {kind.short: status.to_dict() for kind, status in self.probes.items()},
+            "probes": {kind.short: status.to_dict(native_lane=kind in native)
+                       for kind, status in self.probes.items()},
         }

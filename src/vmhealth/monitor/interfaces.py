@@ -65,6 +65,11 @@ class GuestAccess(Protocol):
         Raises AgentUnavailable or AgentError; never blocks the event loop.
         """
 
+    def addresses_valid_until(self) -> float:
+        """Monotonic time until which cached_addresses() stays what it is now: a probe
+        the native lane repeats against a cached address is handed back to Python then,
+        so the addresses are looked up again (native_lane.py)."""
+
     def suppression_reason(self) -> str | None:
         """Why failures must not count right now (paused, migrating, saving...), or None."""
 
@@ -82,6 +87,12 @@ class StateChange:
 class ProbeListener(Protocol):
     def on_result(self, kind: ProbeKind, result: ProbeResult, *, counted: bool) -> None:
         """Every probe run (for metrics and `status`); counted=False when suppressed."""
+
+    def on_repeated_successes(self, kind: ProbeKind, last: ProbeResult, count: int,
+                              buckets: tuple[int, ...], seconds: float) -> None:
+        """`count` counted successes the native lane repeated (the same answer as the
+        result that settled the probe); `last` is the latest; `buckets` counts their
+        durations per metrics.DURATION_BUCKETS (the last one +Inf), `seconds` sums them."""
 
     def on_state_change(self, change: StateChange) -> None:
         """Readiness/liveness/startup flipped after crossing its threshold."""

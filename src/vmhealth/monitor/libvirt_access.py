@@ -189,6 +189,11 @@ class LibvirtGuestAccess:
             return None
         return list(self._addresses)
 
+    def addresses_valid_until(self) -> float:
+        if not self._addresses:
+            return self._addresses_at + EMPTY_ADDRESS_RETRY_SECONDS
+        return self._addresses_at + self._refresh
+
     def _addresses_stale(self) -> bool:
         age = time.monotonic() - self._addresses_at
         return age >= self._refresh or (not self._addresses

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from bisect import bisect_left
 from collections.abc import Iterator
+from typing import Callable
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -34,11 +35,26 @@ class ProbeFigures:
                 seconds: float) -> None:
         key = (domain, probe, outcome, counted)
         self.results[key] = self.results.get(key, 0) + 1
+        figures = self._figures(probe)
+        figures[0][bisect_left(DURATION_BUCKETS, seconds)] += 1
+        figures[1] += seconds
+
+    def observe_many(self, domain: str, probe: str, outcome: str, counted: str, count: int,
+                     buckets: tuple[int, ...], seconds: float) -> None:
+        """`count` runs at once, their durations already counted per bucket."""
+        key = (domain, probe, outcome, counted)
+        self.results[key] = self.results.get(key, 0) + count
+        figures = self._figures(probe)
+        per_bucket = figures[0]
+        for index, runs in enumerate(buckets):
+            per_bucket[index] += runs
+        figures[1] += seconds
+
+    def _figures(self, probe: str) -> list:
         figures = self.durations.get(probe)
         if figures is None:
             figures = self.durations[probe] = [[0] * (len(DURATION_BUCKETS) + 1), 0.0]
-        figures[0][bisect_left(DURATION_BUCKETS, seconds)] += 1
-        figures[1] += seconds
+        return figures
 
     def retain_domains(self, keep: set[str]) -> None:
         """Drop the results of every domain not in `keep`."""
@@ -88,6 +104,8 @@ class Metrics:
         # The label values of every per-domain counter child made, so that the children
         # of a domain that no longer exists can be removed (retain_domains).
         self._counted: set[tuple[Counter, str, str]] = set()
+        # Called before every render, to bring in figures kept elsewhere.
+        self.before_render: list[Callable[[], None]] = []
 
     def count_action(self, domain: str, action: str) -> None:
         self._count(self.actions, domain, action)
@@ -119,6 +137,11 @@ class Metrics:
         self.probes.observe(domain, kind.short, result.outcome.value,
                             "true" if counted else "false", result.duration)
 
+    def observe_repeated(self, domain: str, kind: ProbeKind, count: int,
+                         buckets: tuple[int, ...], seconds: float) -> None:
+        """Successes the native lane repeated (counted, by definition)."""
+        self.probes.observe_many(domain, kind.short, "success", "true", count, buckets, seconds)
+
     def set_healthy(self, domain: str, kind: ProbeKind, healthy: bool | None) -> None:
         self.healthy.labels(domain, kind.short).set(-1 if healthy is None else int(healthy))
 
@@ -131,4 +154,6 @@ class Metrics:
                 pass
 
     def render(self) -> bytes:
+        for refresh in self.before_render:
+            refresh()  # e.g. the native lane's silent successes
         return generate_latest(self.registry)

@@ -27,6 +27,14 @@ starting), for every probe kind.
 
 Probes run on a fixed-rate tick (initial delay, then every periodSeconds); a tick
 missed because a probe ran long is skipped rather than run late in a burst.
+
+The native lane (native_lane.py, docs/probes.md): a readiness or liveness probe that
+has settled - healthy, its success threshold met, its last result a success the
+handler marked repeatable - is handed to the native engine, which repeats it on the
+same schedule and counts identical successes without waking Python. Any other answer
+hands the tick back: a timeout is counted here as the FAILURE it is; anything else
+(refused, another status, stale addresses, no socket) is probed again at once by the
+Python handler, whose result is counted as usual. Nothing is decided in the engine.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from vmhealth.monitor.interfaces import (
     ProbeResult,
     StateChange,
 )
+from vmhealth.monitor.native_lane import TIMEOUT, Handback, NativeLanes, SilentSuccesses
 from vmhealth.monitor.probes import Cancel, StarterFactory, run_once, starter_for
 from vmhealth.spec import ProbeKind
 
@@ -129,6 +138,8 @@ class _Worker:
         self.tick = 0.0  # the scheduled time of the current or next probe
         self.attempt = 0
         self.suppressed_before: str | None = None
+        self.lane: int | None = None  # the native lane repeating this probe, if any
+        self.lane_message = ""  # the success message the lane repeats
         # Callbacks bound to one run of the prober (made once per run, not per tick).
         self.on_tick: Callable[[], None] = _nothing
         self.on_result: Callable[[ProbeResult], None] = _nothing
@@ -154,6 +165,21 @@ def _nothing(*_args: object) -> None:
     pass
 
 
+class _LaneOwner:
+    """What the native lanes call back for one worker's lane (native_lane.LaneOwner)."""
+
+    __slots__ = ("_prober", "_worker", "_run")
+
+    def __init__(self, prober: DomainProber, worker: _Worker, run: int) -> None:
+        self._prober, self._worker, self._run = prober, worker, run
+
+    def lane_ended(self, handback: Handback) -> None:
+        self._prober._lane_ended(self._worker, self._run, handback)
+
+    def lane_counts(self, silent: SilentSuccesses) -> None:
+        self._prober._lane_counts(self._worker, self._run, silent)
+
+
 class DomainProber:
     """Runs one domain's probes and reports to a ProbeListener.
 
@@ -165,8 +191,10 @@ class DomainProber:
                  listener: ProbeListener, *, clock: Clock | None = None,
                  rng: random.Random | None = None, starters: StarterFactory = starter_for,
                  lateness_observer: Callable[[ProbeKind, float], None] | None = None,
+                 lanes: NativeLanes | None = None,
                  ) -> None:
         self._access = access
+        self._lanes = lanes
         self._listener = listener
         self._clock = clock or SHARED_CLOCK
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
@@ -223,6 +251,7 @@ class DomainProber:
         self._active = False
         tasks = []
         for worker in self._workers.values():
+            self._recall(worker)
             cancel, worker.cancel = worker.cancel, None
             if cancel is not None:
                 task = cancel()
@@ -246,6 +275,7 @@ class DomainProber:
 
     # -- queries ---------------------------------------------------------------
     def snapshot(self) -> dict[ProbeKind, ProbeSnapshot]:
+        self.fold_lanes()
         return {kind: ProbeSnapshot(
             kind=kind, healthy=w.healthy, reason=w.reason, last_result=w.last_result,
             consecutive_successes=w.run_length if w.run_outcome is Outcome.SUCCESS else 0,
@@ -299,18 +329,106 @@ class DomainProber:
         if retry:
             worker.attempt += 1
             self._attempt(worker)
-        else:
+        elif not self._offload(worker, run, result):
             self._schedule_next(worker)
 
     def _schedule_next(self, worker: _Worker) -> None:
+        worker.tick = self._next_tick(worker)
+        self._clock.call_at(worker.tick, worker.on_tick)
+
+    def _next_tick(self, worker: _Worker) -> float:
         """The next tick; ticks missed because a probe ran long are skipped, not run late."""
         period = worker.probe.period_seconds
         tick = worker.tick + period
         now = self._clock.now()
         if tick < now:
             tick += ((now - tick) // period + 1) * period
-        worker.tick = tick
-        self._clock.call_at(tick, worker.on_tick)
+        return tick
+
+    # -- the native lane ---------------------------------------------------------
+    def _offload(self, worker: _Worker, run: int, result: ProbeResult) -> bool:
+        """Hand a settled probe to the native lane; False: keep probing it here."""
+        lanes = self._lanes
+        if (lanes is None or result.outcome is not Outcome.SUCCESS
+                or worker.kind is ProbeKind.STARTUP or worker.healthy is not True
+                or worker.on_hold or worker.run_outcome is not Outcome.SUCCESS
+                or worker.run_length < worker.probe.success_threshold):
+            return False
+        recipe = getattr(worker.start, "repeatable", None)
+        if recipe is None or recipe.message != result.message:
+            return False
+        valid_until = (self._access.addresses_valid_until() if recipe.from_cache
+                       else float("inf"))
+        tick = self._next_tick(worker)
+        lane = lanes.offload(_LaneOwner(self, worker, run), recipe,
+                             timeout=worker.probe.timeout_seconds,
+                             period=worker.probe.period_seconds, tick=tick,
+                             valid_until=valid_until)
+        if lane is None:
+            return False
+        worker.lane, worker.lane_message, worker.tick = lane, recipe.message, tick
+        return True
+
+    def native_kinds(self) -> set[ProbeKind]:
+        """The probe kinds the native lane is repeating right now (for `status`)."""
+        return {kind for kind, worker in self._workers.items() if worker.lane is not None}
+
+    def fold_lanes(self) -> None:
+        """Take the silent successes of this prober's lanes (before its state is read)."""
+        if self._lanes is None:
+            return
+        for worker in self._workers.values():
+            if worker.lane is not None:
+                self._lanes.fold(worker.lane)
+
+    def recall_lanes(self) -> None:
+        """Take every probe back from the native lane and schedule it here again (the
+        guest's addresses may have changed: the Python handler looks them up)."""
+        for worker in self._workers.values():
+            if worker.lane is not None:
+                self._recall(worker)
+                self._schedule_next(worker)
+
+    def _recall(self, worker: _Worker) -> None:
+        lane, worker.lane = worker.lane, None
+        if lane is not None and self._lanes is not None:
+            self._absorb(worker, self._lanes.recall(lane), current=True)
+
+    def _absorb(self, worker: _Worker, silent: SilentSuccesses | None, *,
+                current: bool) -> None:
+        """Count successes the lane repeated: for metrics always, for the state machine
+        when they belong to the current run (`current`)."""
+        if silent is None or silent.count == 0:
+            return
+        result = ProbeResult(Outcome.SUCCESS, worker.lane_message, silent.last_duration,
+                             silent.last_started_at)
+        self._listener.on_repeated_successes(worker.kind, result, silent.count,
+                                             silent.buckets, silent.seconds)
+        if current:
+            worker.last_result = result
+            worker.run_length += silent.count  # run_outcome is SUCCESS while offloaded
+
+    def _lane_counts(self, worker: _Worker, run: int, silent: SilentSuccesses) -> None:
+        self._absorb(worker, silent, current=run == self._run)
+
+    def _lane_ended(self, worker: _Worker, run: int, handback: Handback) -> None:
+        current = run == self._run and worker.lane == handback.lane
+        self._absorb(worker, handback.silent, current=current)
+        if not current:
+            return
+        worker.lane = None
+        worker.tick = handback.tick
+        worker.attempt = 1
+        if handback.reason == TIMEOUT:
+            # The engine waited timeoutSeconds for an answer: that is this tick's result.
+            worker.suppressed_before = self._access.suppression_reason()
+            self._on_result(worker, run, ProbeResult(
+                Outcome.FAILURE, worker.start.timeout_message(), handback.duration,
+                handback.started_at))
+            return
+        # A different answer, stale addresses or no socket: the handler probes again
+        # now and says exactly what it finds.
+        self._attempt(worker)
 
     def _take(self, worker: _Worker, result: ProbeResult) -> bool:
         """Count one result; True when an ERROR is to be retried within this period."""

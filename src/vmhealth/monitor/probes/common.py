@@ -22,6 +22,7 @@ from vmhealth.monitor.interfaces import (
     Outcome,
     ProbeResult,
 )
+from vmhealth.monitor.native_lane import Recipe
 from vmhealth.monitor.probes.dial import Dial, HostSocketError, Sink, sockaddr
 
 T = TypeVar("T")
@@ -117,7 +118,7 @@ class NetworkRun:
 
     __slots__ = ("loop", "access", "deadline", "_timeout", "_on_done", "_started_at",
                  "_t0", "_starting", "_dial", "_task", "_candidates", "_next", "_problems",
-                 "_port", "_exchanging", "_host", "_sink")
+                 "_port", "_exchanging", "_host", "_sink", "_from_cache", "_resolved")
 
     def __init__(self, timeout: float, access: GuestAccess, on_done: OnDone) -> None:
         self.loop = asyncio.get_running_loop()
@@ -130,6 +131,8 @@ class NetworkRun:
         self._dial: Dial | None = None
         self._task: asyncio.Task | None = None
         self.deadline = 0.0
+        self._from_cache = False
+        self._resolved = False
 
     # -- what a subclass provides ------------------------------------------------------
     def begin(self, hosts: list[str]) -> None:
@@ -159,6 +162,7 @@ class NetworkRun:
             if spec_host:
                 self._targets_found([spec_host])
             else:
+                self._from_cache = True
                 hosts = self.access.cached_addresses()
                 if hosts is None:
                     self._task = self.loop.create_task(self._look_up_addresses())
@@ -276,6 +280,7 @@ class NetworkRun:
                               for family, _type, _proto, _name, address in infos)
         self._task = None
         self._candidates = candidates
+        self._resolved = True
         self._guarded(self._dial_next)
 
     def _dial_next(self) -> None:
@@ -311,6 +316,15 @@ class NetworkRun:
         # Refused or unreachable: try the next address.
         self._note_problem(self._host, error)
         self._guarded(self._dial_next)
+
+    def recipe(self, host: str, request: bytes | None, status: int,
+               message: str) -> Recipe | None:
+        """What the native lane may repeat after this success (native_lane.py): only
+        when the first address tried answered, as an IP literal; otherwise a repetition
+        could not end the same way."""
+        if self._resolved or self._next != 1 or self._problems or "%" in host:
+            return None
+        return Recipe(host, self._port, request, status, message, self._from_cache)
 
     def _note_problem(self, host: str, error: OSError) -> None:
         self._problems.append(f"{host_for_url(host)}:{self._port}: {describe_os_error(error)}")

@@ -31,6 +31,7 @@ import httptools
 
 from vmhealth import __version__, spec
 from vmhealth.monitor.interfaces import GuestAccess, Outcome
+from vmhealth.monitor.native_lane import Recipe
 from vmhealth.monitor.probes.common import (
     OUTPUT_CAP_BYTES,
     ConnectFailed,
@@ -237,7 +238,7 @@ async def _tls_exchange(hosts: list[str], port: int, request_for: Callable[[str]
 class HttpProbeStarter:
     """Starts runs of one httpGet probe; keeps its request bytes and URL per target."""
 
-    __slots__ = ("probe", "handler", "host_override", "_requests")
+    __slots__ = ("probe", "handler", "host_override", "_requests", "repeatable")
 
     def __init__(self, probe: spec.Probe) -> None:
         assert isinstance(probe.handler, spec.HttpGet)
@@ -245,6 +246,8 @@ class HttpProbeStarter:
         self.handler = probe.handler
         self.host_override = _host_header_value(self.handler)
         self._requests: dict[tuple[str, str, int, str], tuple[bytes, str]] = {}
+        # What the last finished run's success may be repeated as (native_lane.py).
+        self.repeatable: Recipe | None = None
 
     def __call__(self, access: GuestAccess, on_done: OnDone) -> Callable:
         return _HttpRun(self, access, on_done).start(self.handler.host)
@@ -262,6 +265,10 @@ class HttpProbeStarter:
             self._requests[key] = found
         return found
 
+    def timeout_message(self) -> str:
+        return (f"HTTP GET port {self.handler.port}: timed out after "
+                f"{self.probe.timeout_seconds}s")
+
 
 class _HttpRun(NetworkRun):
     """One httpGet run: an exchange per URL, redirects followed (see the module docstring)."""
@@ -271,6 +278,7 @@ class _HttpRun(NetworkRun):
     def __init__(self, starter: HttpProbeStarter, access: GuestAccess, on_done: OnDone) -> None:
         super().__init__(starter.probe.timeout_seconds, access, on_done)
         self._starter = starter
+        starter.repeatable = None
         handler = starter.handler
         self._scheme = handler.scheme.value.lower()
         self._url_port = handler.port
@@ -278,9 +286,7 @@ class _HttpRun(NetworkRun):
         self._redirects = 0
 
     def timeout_message(self) -> str:
-        starter = self._starter
-        return (f"HTTP GET port {starter.handler.port}: timed out after "
-                f"{starter.probe.timeout_seconds}s")
+        return self._starter.timeout_message()
 
     def begin(self, hosts: list[str]) -> None:
         try:
@@ -319,7 +325,11 @@ class _HttpRun(NetworkRun):
             self._redirect(host, url, status, response.location)
             return
         if 200 <= status < 400:
-            self.finish(Outcome.SUCCESS, f"HTTP {status} from GET {url}")
+            message = f"HTTP {status} from GET {url}"
+            if status < 300 and self._redirects == 0 and scheme == "http":
+                self._starter.repeatable = self.recipe(
+                    host, self.request_for(host), status, message)
+            self.finish(Outcome.SUCCESS, message)
             return
         excerpt = printable_excerpt(bytes(response.body))
         self.finish(Outcome.FAILURE, f"HTTP {status} from GET {url}"

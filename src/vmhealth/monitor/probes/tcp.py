@@ -12,6 +12,7 @@ from typing import Callable
 
 from vmhealth import spec
 from vmhealth.monitor.interfaces import GuestAccess, Outcome
+from vmhealth.monitor.native_lane import Recipe
 from vmhealth.monitor.probes.common import (
     ConnectFailed,
     NetworkRun,
@@ -25,13 +26,15 @@ from vmhealth.monitor.probes.dial import Sink
 class TcpProbeStarter:
     """Starts runs of one tcpSocket probe; keeps its success message per address."""
 
-    __slots__ = ("probe", "handler", "_connected_messages")
+    __slots__ = ("probe", "handler", "_connected_messages", "repeatable")
 
     def __init__(self, probe: spec.Probe) -> None:
         assert isinstance(probe.handler, spec.TcpSocket)
         self.probe = probe
         self.handler = probe.handler
         self._connected_messages: dict[str, str] = {}
+        # What the last finished run's success may be repeated as (native_lane.py).
+        self.repeatable: Recipe | None = None
 
     def __call__(self, access: GuestAccess, on_done: OnDone) -> Callable:
         return _TcpRun(self, access, on_done).start(self.handler.host)
@@ -45,6 +48,10 @@ class TcpProbeStarter:
             self._connected_messages[host] = message
         return message
 
+    def timeout_message(self) -> str:
+        return (f"tcp connect to port {self.handler.port} timed out after "
+                f"{self.probe.timeout_seconds}s")
+
 
 class _TcpRun(NetworkRun):
     __slots__ = ("_starter",)
@@ -52,6 +59,7 @@ class _TcpRun(NetworkRun):
     def __init__(self, starter: TcpProbeStarter, access: GuestAccess, on_done: OnDone) -> None:
         super().__init__(starter.probe.timeout_seconds, access, on_done)
         self._starter = starter
+        starter.repeatable = None
 
     def begin(self, hosts: list[str]) -> None:
         self.dial(hosts, self._starter.handler.port)
@@ -59,7 +67,9 @@ class _TcpRun(NetworkRun):
     def exchanged(self, host: str | None, sink: Sink | None,
                   error: BaseException | None) -> None:
         if error is None and host is not None:
-            self.finish(Outcome.SUCCESS, self._starter.connected_message(host))
+            message = self._starter.connected_message(host)
+            self._starter.repeatable = self.recipe(host, None, 0, message)
+            self.finish(Outcome.SUCCESS, message)
         elif isinstance(error, ConnectFailed):
             self.finish(Outcome.FAILURE, f"tcp connect failed: {error}")
         else:  # reset as it connected
@@ -67,6 +77,4 @@ class _TcpRun(NetworkRun):
             self.finish(Outcome.FAILURE, f"tcp connect failed: {detail}")
 
     def timeout_message(self) -> str:
-        starter = self._starter
-        return (f"tcp connect to port {starter.handler.port} timed out after "
-                f"{starter.probe.timeout_seconds}s")
+        return self._starter.timeout_message()

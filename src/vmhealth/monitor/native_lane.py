@@ -1,0 +1,168 @@
+"""The asyncio side of the native probe lane (vmhealth._fastlane, src/native/fastlane.c).
+
+A settled network probe - healthy, its success threshold met, its last answer a plain
+success from the first address tried - is repeated by the native engine in a thread
+of its own, without the interpreter, until its answer differs (docs/probes.md, "The
+native lane"). The prober (prober.py) decides when to hand a probe over and what to
+do when the engine hands it back; this module only carries lanes and their counts
+between the two:
+
+- `offload()` starts a lane and remembers who owns it;
+- the engine announces lanes it has ended on an eventfd the loop watches; each
+  owner's `lane_ended(report)` is called with the tick to run and the silent
+  successes counted since the last fold;
+- `fold_all()` / `fold()` deliver the silent successes of running lanes (status and
+  /metrics call it before they answer), `recall()` stops a lane.
+
+When the extension is missing (vmhealth installed without llhttp) `NativeLanes.start()`
+returns None and every probe runs in Python, as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import NamedTuple, Protocol
+
+from vmhealth.monitor.metrics import DURATION_BUCKETS
+
+try:
+    from vmhealth import _fastlane
+except ImportError:  # pragma: no cover - exercised where the extension was not built
+    _fastlane = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
+# Why the engine handed a tick back (src/native/fastlane.c, enum handback_reason).
+DIFFERENT = getattr(_fastlane, "DIFFERENT", 1)  # the answer was not the settled success
+TIMEOUT = getattr(_fastlane, "TIMEOUT", 2)  # no answer within timeoutSeconds
+STALE = getattr(_fastlane, "STALE", 3)  # the guest's cached addresses expired
+HOST = getattr(_fastlane, "HOST", 4)  # this host could not make a socket
+
+
+class SilentSuccesses(NamedTuple):
+    """Successes the engine counted without telling Python, since the last fold."""
+
+    count: int
+    buckets: tuple[int, ...]  # per metrics.DURATION_BUCKETS, the last one +Inf
+    seconds: float  # sum of their durations
+    last_started_at: float  # time.time() of the latest one
+    last_duration: float
+
+
+class Handback(NamedTuple):
+    """A lane the engine ended: the tick Python is to run now, and why."""
+
+    lane: int
+    reason: int
+    tick: float  # loop time of the tick handed back
+    started_at: float  # time.time() the engine's attempt began (0.0: none began)
+    duration: float  # how long that attempt ran
+    silent: SilentSuccesses | None
+
+
+class Recipe(NamedTuple):
+    """The exchange a settled probe repeats (made by the network handlers on success)."""
+
+    host: str  # an IP literal: the first address tried, which answered
+    port: int
+    request: bytes | None  # None: tcpSocket
+    status: int  # the HTTP status to expect (0 for tcpSocket)
+    message: str  # the success message the Python handler gave
+    from_cache: bool  # host came from the guest's cached addresses (not the spec)
+
+
+class LaneOwner(Protocol):
+    def lane_ended(self, handback: Handback) -> None: ...
+
+    def lane_counts(self, silent: SilentSuccesses) -> None: ...
+
+
+def _silent(counts: tuple | None) -> SilentSuccesses | None:
+    if counts is None:
+        return None
+    count, buckets, seconds, last_started_at, last_duration = counts
+    return SilentSuccesses(count, buckets, seconds, last_started_at, last_duration)
+
+
+class NativeLanes:
+    """One engine per daemon (one thread), serving every prober on the loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, engine: object) -> None:
+        self._loop = loop
+        self._engine = engine
+        self._owners: dict[int, LaneOwner] = {}
+        loop.add_reader(engine.fileno(), self._take_reports)  # type: ignore[attr-defined]
+
+    @classmethod
+    def start(cls, loop: asyncio.AbstractEventLoop | None = None) -> NativeLanes | None:
+        """The lanes, or None when vmhealth was built without its native extension."""
+        if _fastlane is None:
+            log.warning("vmhealth was installed without its native probe lane "
+                        "(vmhealth._fastlane; needs llhttp at build time): every probe "
+                        "runs in Python, which costs more CPU on large hosts")
+            return None
+        return cls(loop or asyncio.get_running_loop(), _fastlane.Engine(DURATION_BUCKETS))
+
+    def __len__(self) -> int:
+        return len(self._owners)
+
+    def offload(self, owner: LaneOwner, recipe: Recipe, *, timeout: float, period: float,
+                tick: float, valid_until: float) -> int | None:
+        """Start a lane repeating `recipe` from `tick`; None if the engine refused it."""
+        try:
+            lane = self._engine.offload(  # type: ignore[attr-defined]
+                recipe.host, recipe.port, recipe.request, recipe.status, timeout, period,
+                tick, valid_until)
+        except (ValueError, MemoryError) as exc:
+            log.debug("probe not offloaded: %s", exc)
+            return None
+        self._owners[lane] = owner
+        return lane
+
+    def recall(self, lane: int) -> SilentSuccesses | None:
+        """Stop a lane; its uncollected successes (None if the engine had already ended
+        it: its handback, on its way, is then ignored)."""
+        self._owners.pop(lane, None)
+        return _silent(self._engine.recall(lane))  # type: ignore[attr-defined]
+
+    def fold(self, lane: int) -> None:
+        """Deliver one lane's silent successes to its owner now."""
+        self._deliver(self._engine.fold(lane))  # type: ignore[attr-defined]
+
+    def fold_all(self) -> None:
+        """Deliver every lane's silent successes (before status or metrics are read)."""
+        self._deliver(self._engine.fold(None))  # type: ignore[attr-defined]
+
+    def _deliver(self, folded: list[tuple[int, tuple]]) -> None:
+        for lane, counts in folded:
+            owner = self._owners.get(lane)
+            if owner is not None:
+                owner.lane_counts(_silent(counts))  # type: ignore[arg-type]
+
+    def lateness(self, *, reset: bool = False) -> tuple[float, tuple[int, ...]]:
+        """(bucket width in seconds, counts): how late the engine started its ticks."""
+        return self._engine.lateness(reset=reset)  # type: ignore[attr-defined]
+
+    def _take_reports(self) -> None:
+        for lane, reason, tick, started_at, duration, counts in \
+                self._engine.take_reports():  # type: ignore[attr-defined]
+            owner = self._owners.pop(lane, None)
+            if owner is None:
+                continue  # recalled meanwhile
+            try:
+                owner.lane_ended(Handback(lane, reason, tick, started_at, duration,
+                                          _silent(counts)))
+            except Exception:
+                # One owner's bug must not stop the others' handbacks.
+                log.exception("taking back a probe from the native lane failed")
+
+    def close(self) -> None:
+        """Stop the engine thread (bounded: it answers within one turn, <= 1 s)."""
+        try:
+            self._loop.remove_reader(self._engine.fileno())  # type: ignore[attr-defined]
+        except (RuntimeError, ValueError):
+            pass  # the loop or the engine is already closed
+        self._owners.clear()
+        self._engine.close()  # type: ignore[attr-defined]
+
