@@ -11,6 +11,7 @@ take probes back.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from dataclasses import dataclass, field
 
@@ -87,6 +88,22 @@ class Run:
         return [r for r in self.listener.results if outcome is None or r[1] is outcome]
 
 
+@contextlib.asynccontextmanager
+async def settled_http(lanes, route: Route, **timing):
+    """A readiness httpGet probe against `route`, started and moved to the lane;
+    yields (run, server state); stops the prober and the server afterwards."""
+    state, server = await start_http({"/": route})
+    try:
+        run = Run(lanes, readiness(spec.HttpGet(port=state.port, host="127.0.0.1"), **timing))
+        run.prober.start()
+        await until(lambda: len(lanes) == 1, "the probe to move to the lane")
+        yield run, state
+        await run.prober.stop()
+        assert len(lanes) == 0
+    finally:
+        server.close()
+
+
 def with_lanes(test):
     async def body(*args):
         lanes = NativeLanes.start()
@@ -99,13 +116,7 @@ def with_lanes(test):
 
 @with_lanes
 async def test_a_settled_probe_moves_to_the_lane_and_its_successes_still_count(lanes):
-    route = Route()
-    state, server = await start_http({"/": route})
-    try:
-        run = Run(lanes, readiness(spec.HttpGet(port=state.port, host="127.0.0.1"),
-                                   success_threshold=2))
-        run.prober.start()
-        await until(lambda: len(lanes) == 1, "the probe to move to the lane")
+    async with settled_http(lanes, Route(), success_threshold=2) as (run, state):
         # Python ran it until the success threshold was met, then no more.
         assert [r[1] for r in run.python_results()] == [Outcome.SUCCESS] * 2
         await asyncio.sleep(0.6)
@@ -116,20 +127,12 @@ async def test_a_settled_probe_moves_to_the_lane_and_its_successes_still_count(l
         assert run.listener.repeated[ProbeKind.READINESS] == snapshot.consecutive_successes - 2
         assert snapshot.last_result.message == f"HTTP 200 from GET http://127.0.0.1:{state.port}/"
         assert len(state.requests) >= snapshot.consecutive_successes  # real requests
-        await run.prober.stop()
-        assert len(lanes) == 0
-    finally:
-        server.close()
 
 
 @with_lanes
 async def test_another_answer_is_probed_again_by_python_and_counted_with_its_message(lanes):
     route = Route()
-    state, server = await start_http({"/": route})
-    try:
-        run = Run(lanes, readiness(spec.HttpGet(port=state.port, host="127.0.0.1")))
-        run.prober.start()
-        await until(lambda: len(lanes) == 1, "the lane")
+    async with settled_http(lanes, route) as (run, state):
         route.status, route.body = 500, b"boom"
         await until(lambda: [c.healthy for c in run.listener.changes] == [True, False],
                     "readiness to be lost")
@@ -141,21 +144,12 @@ async def test_another_answer_is_probed_again_by_python_and_counted_with_its_mes
         route.status, route.body = 200, b"ok"
         await until(lambda: len(lanes) == 1, "the recovered probe to move back")
         assert [c.healthy for c in run.listener.changes] == [True, False, True]
-        await run.prober.stop()
-    finally:
-        server.close()
 
 
 @with_lanes
 async def test_no_answer_in_time_is_one_timeout_failure_without_a_second_request(lanes):
     route = Route()
-    state, server = await start_http({"/": route})
-    try:
-        health = readiness(spec.HttpGet(port=state.port, host="127.0.0.1"), timeout_seconds=0.3,
-                           period_seconds=1)
-        run = Run(lanes, health)
-        run.prober.start()
-        await until(lambda: len(lanes) == 1, "the lane")
+    async with settled_http(lanes, route, timeout_seconds=0.3, period_seconds=1) as (run, state):
         route.hang = True
         requests_before = len(state.requests)
         await until(lambda: run.python_results(Outcome.FAILURE), "the timeout")
@@ -163,18 +157,11 @@ async def test_no_answer_in_time_is_one_timeout_failure_without_a_second_request
         assert counted and message == f"HTTP GET port {state.port}: timed out after 0.3s"
         # The lane's own attempt was the one request of that tick.
         assert len(state.requests) == requests_before + 1
-        await run.prober.stop()
-    finally:
-        server.close()
 
 
 @with_lanes
 async def test_reset_and_stop_take_probes_back_and_keep_their_counts(lanes):
-    state, server = await start_http({"/": Route()})
-    try:
-        run = Run(lanes, readiness(spec.HttpGet(port=state.port, host="127.0.0.1")))
-        run.prober.start()
-        await until(lambda: len(lanes) == 1, "the lane")
+    async with settled_http(lanes, Route()) as (run, _state):
         await asyncio.sleep(0.4)
         run.prober.reset()
         assert len(lanes) == 0
@@ -184,10 +171,6 @@ async def test_reset_and_stop_take_probes_back_and_keep_their_counts(lanes):
         run.prober.recall_lanes()  # e.g. the guest agent connected: addresses may change
         assert len(lanes) == 0
         await until(lambda: len(lanes) == 1, "the lane again after the recall")
-        await run.prober.stop()
-        assert len(lanes) == 0
-    finally:
-        server.close()
 
 
 @with_lanes
