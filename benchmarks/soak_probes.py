@@ -1,6 +1,7 @@
 """Does the probe engine leak? RSS and CPU of the probes phase, minute by minute.
 
     .venv/bin/python benchmarks/soak_probes.py [--minutes 10] [--domains 1000]
+                                               [--engine native|python]
 
 The same set-up as bench_probes.py's `probes` phase (1,000 simulated domains, an HTTP
 readiness and a TCP liveness probe each at periodSeconds 1, targets on loopback in
@@ -40,11 +41,15 @@ from bench_probes import (  # noqa: E402 - after the path set-up above
 from vmhealth.monitor.coarse_timers import CoarseTimers  # noqa: E402
 from vmhealth.monitor.events import EventLog  # noqa: E402
 from vmhealth.monitor.metrics import Metrics  # noqa: E402
+from vmhealth.monitor.native_lane import NativeLanes  # noqa: E402
 from vmhealth.monitor.prober import DomainProber, LoopClock  # noqa: E402
 from vmhealth.monitor.probes import starter_for  # noqa: E402
 
 
-async def soak(ports: list[int], domains: int, minutes: int) -> list[dict]:
+async def soak(ports: list[int], domains: int, minutes: int, native: bool) -> list[dict]:
+    lanes = NativeLanes.start() if native else None
+    if native and lanes is None:
+        raise SystemExit("vmhealth._fastlane is not built (pip install -e . with llhttp)")
     tally = Tally()
     tally.measuring = True  # count every outcome
     events, metrics = EventLog(), Metrics()
@@ -53,7 +58,8 @@ async def soak(ports: list[int], domains: int, minutes: int) -> list[dict]:
     for i in range(domains):
         health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}")
         monitor = CountingMonitor(tally, f"uuid-{i}", health, access, events, metrics)
-        prober = DomainProber(health, access, monitor, starters=starter_for, clock=clock)
+        prober = DomainProber(health, access, monitor, starters=starter_for, clock=clock,
+                              lanes=lanes)
         monitor.attach(prober)
         probers.append(prober)
     for prober in probers:
@@ -65,6 +71,8 @@ async def soak(ports: list[int], domains: int, minutes: int) -> list[dict]:
             cpu0, wall0 = cpu_seconds(), time.monotonic()
             runs0 = sum(tally.outcomes.values())
             await asyncio.sleep(60)
+            if lanes is not None:
+                lanes.fold_all()  # as a /metrics scrape would, once a minute
             rows.append({
                 "minute": minute,
                 "rss_mb": process.memory_info().rss / 2**20,
@@ -77,6 +85,8 @@ async def soak(ports: list[int], domains: int, minutes: int) -> list[dict]:
                   f", gc objects {row['gc_objects']:8}, probes {row['probes']}", flush=True)
     finally:
         await asyncio.gather(*(prober.stop() for prober in probers))
+        if lanes is not None:
+            lanes.close()
     not_success = {f"{kind.short}:{outcome.value}": n
                    for (kind, outcome), n in tally.outcomes.items() if outcome.value != "success"}
     print("outcomes other than success:", json.dumps(not_success) if not_success else "none")
@@ -88,11 +98,14 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--minutes", type=int, default=10)
     parser.add_argument("--domains", type=int, default=1000)
+    parser.add_argument("--engine", choices=("native", "python"), default="native",
+                        help="native: settled probes in the native lane, as the daemon "
+                             "ships (native_lane = yes); python: every probe in Python")
     args = parser.parse_args()
     if args.minutes < 3:
         parser.error("--minutes must be at least 3 (the first minute is warm-up)")
     with serving_targets(60 * args.minutes + 120) as ports:
-        rows = asyncio.run(soak(ports, args.domains, args.minutes))
+        rows = asyncio.run(soak(ports, args.domains, args.minutes, args.engine == "native"))
     second, last = rows[1], rows[-1]
     minutes = last["minute"] - second["minute"]
     print(f"RSS from minute {second['minute']} to {last['minute']}: "

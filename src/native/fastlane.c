@@ -463,8 +463,10 @@ static void run_due(Engine *e, double now) {
             continue;
         }
         double late = now - lane->tick;
-        size_t bucket = late <= 0 ? 0 : (size_t)(late / LATE_BUCKET_SECONDS);
-        e->late[bucket < LATE_BUCKETS ? bucket : LATE_BUCKETS]++;
+        size_t bucket = late <= 0 ? 0
+                      : late >= LATE_BUCKETS * LATE_BUCKET_SECONDS ? LATE_BUCKETS
+                      : (size_t)(late / LATE_BUCKET_SECONDS);
+        e->late[bucket]++;
         e->late_count++;
         start_attempt(e, lane, now);
     }
