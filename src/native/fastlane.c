@@ -16,9 +16,10 @@
  *     histogram with the metrics' buckets, the last start time and duration;
  *   - anything else (refused, reset, another status, an answer llhttp rejects, no
  *     socket, out of time) or the guest's cached addresses going stale ends the
- *     lane: the tick is handed back to Python, which runs that probe its own way
- *     (messages, redirects, thresholds, suppression, actions) and may hand the probe
- *     over again once it has settled.
+ *     lane: the tick is handed back to Python, which counts a timeout as the failure
+ *     it is and otherwise runs that probe again its own way (messages, redirects,
+ *     thresholds, suppression, actions), and may hand the probe over again once it
+ *     has settled.
  *
  * Python reads the silent counts when it needs them (status, metrics, handback),
  * so a settled host costs the interpreter nothing per probe.
@@ -275,7 +276,6 @@ static void hand_back(Engine *e, lane_t *lane, int reason, double now) {
     heap_remove(e, lane);
     /* The lane stays in its slot, marked ended, until Python takes the report:
        its silent counts travel with it. */
-    lane->heap_index = SIZE_MAX;
     lane->expect_status = -1;
     if (e->nreports == 1)
         signal_fd(e->notify_fd);
