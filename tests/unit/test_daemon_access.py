@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import libvirt
@@ -12,6 +13,7 @@ import pytest
 from vmhealth.monitor import libvirt_access
 from vmhealth.monitor.interfaces import AgentError, AgentUnavailable
 from vmhealth.monitor.libvirt_access import (
+    EMPTY_ADDRESS_RETRY_SECONDS,
     DomainState,
     LibvirtGuestAccess,
     read_addresses,
@@ -161,6 +163,37 @@ def test_addresses_are_cached_until_stale_and_read_once_by_concurrent_probes():
     assert first == [["10.0.0.5"]] * 5 and again == ["10.0.0.5"]
     assert reads_after_first == 1  # five concurrent probes, one lookup
     assert reads == 2  # forget_addresses: looked up again
+
+
+def test_addresses_valid_until_is_when_the_cache_goes_stale():
+    """The native lane hands a probe back at addresses_valid_until(); cached_addresses()
+    must say "look them up" from that moment, and not before."""
+    class Named(AddressDomain):
+        def name(self):
+            return "web1"
+
+    async def scenario(sources):
+        with ThreadPoolExecutor(1) as pool:
+            access = LibvirtGuestAccess(Named(sources), agent_pool=pool, control_pool=pool,
+                                        address_refresh_seconds=30)
+            assert access.addresses_valid_until() == float("-inf")  # never read
+            assert access.cached_addresses() is None
+            before = time.monotonic()
+            await access.addresses()
+            after = time.monotonic()
+            valid_until = access.addresses_valid_until()
+            cached = access.cached_addresses()
+            access.forget_addresses()
+            # The lifetime counts from the lookup, which ran between before and after.
+            return (valid_until - after, valid_until - before), cached, \
+                access.cached_addresses()
+
+    lifetime, cached, forgotten = asyncio.run(scenario(
+        {libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE: iface("10.0.0.5")}))
+    assert lifetime[0] <= 30 <= lifetime[1]
+    assert cached == ["10.0.0.5"] and forgotten is None
+    lifetime, cached, _ = asyncio.run(scenario({}))  # nothing found: retried sooner
+    assert lifetime[0] <= EMPTY_ADDRESS_RETRY_SECONDS <= lifetime[1] and cached == []
 
 
 class StateDomain:

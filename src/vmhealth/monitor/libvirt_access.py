@@ -190,14 +190,13 @@ class LibvirtGuestAccess:
         return list(self._addresses)
 
     def addresses_valid_until(self) -> float:
-        if not self._addresses:
-            return self._addresses_at + EMPTY_ADDRESS_RETRY_SECONDS
-        return self._addresses_at + self._refresh
+        # No address yet: look again soon, not only at the next full refresh.
+        lifetime = (self._refresh if self._addresses
+                    else min(self._refresh, EMPTY_ADDRESS_RETRY_SECONDS))
+        return self._addresses_at + lifetime
 
     def _addresses_stale(self) -> bool:
-        age = time.monotonic() - self._addresses_at
-        return age >= self._refresh or (not self._addresses
-                                        and age >= EMPTY_ADDRESS_RETRY_SECONDS)
+        return time.monotonic() >= self.addresses_valid_until()
 
     def forget_addresses(self) -> None:
         """Look addresses up again at the next probe (agent reconnected, domain restarted)."""
