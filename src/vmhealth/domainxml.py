@@ -36,6 +36,7 @@ from lxml import etree
 
 from vmhealth.metadata import (
     FORMAT_VERSION,
+    MAX_SPEC_CHARS,
     NAMESPACE,
     PREFIX,
     MetadataError,
@@ -335,6 +336,16 @@ def is_applied(xml: str | bytes, spec: HealthSpec) -> bool:
         dev.get("action", "reset") == spec.watchdog.action.value for dev in watchdogs)
 
 
+def _encoded_spec(spec: HealthSpec) -> str:
+    """The spec as stored: JSON, within the size the hook and the daemon will read."""
+    text = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
+    if len(text) > MAX_SPEC_CHARS:
+        raise XmlError(f"the spec is {len(text)} characters as JSON, more than the "
+                       f"{MAX_SPEC_CHARS} vmhealth stores in a domain's metadata "
+                       "(shorten the exec commands or HTTP headers)")
+    return text
+
+
 def apply_spec(xml: str | bytes, spec: HealthSpec, *, allow_multiple_watchdogs: bool = True
                ) -> Edit:
     """Return the domain XML with `spec` stored and its watchdog in place.
@@ -358,7 +369,7 @@ def apply_spec(xml: str | bytes, spec: HealthSpec, *, allow_multiple_watchdogs: 
     health = etree.Element(_q("health"), nsmap={PREFIX: NAMESPACE}, version=FORMAT_VERSION)
     _append(metadata, health)
     spec_el = etree.Element(_q("spec"))
-    spec_el.text = json.dumps(spec_to_dict(spec), sort_keys=True, separators=(",", ":"))
+    spec_el.text = _encoded_spec(spec)
     _append(health, spec_el)
     if spec.watchdog is not None:
         undo_records += _apply_watchdog(root, spec.watchdog, edit,

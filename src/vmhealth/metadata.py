@@ -16,6 +16,15 @@ FORMAT_VERSION = "1"
 MAX_DOMAIN_XML_BYTES = 10 * 1024 * 1024
 # Where a spec error in the metadata points: metadata.spec.livenessProbe...
 SPEC_PATH = "metadata.spec"
+# Bounds on the stored spec's JSON, checked before and while decoding it: whoever may
+# define a domain writes this text, and the hook and the daemon must give a verdict
+# on any of it (json.loads meets 10,000 nested brackets with a RecursionError). A
+# valid spec nests VALID_SPEC_DEPTH levels (spec, probe, httpGet, httpHeaders, header)
+# and is a few hundred characters; an exec command of many long arguments stays far
+# below these bounds too. `vmhealth apply` refuses to store a longer spec.
+MAX_SPEC_DEPTH = 32
+VALID_SPEC_DEPTH = 5
+MAX_SPEC_CHARS = 64 * 1024
 
 
 class MetadataError(ValueError):
@@ -31,10 +40,13 @@ def spec_data_from_metadata(version: str | None, text: str | None) -> dict:
     if not (text or "").strip():
         raise MetadataError("vmhealth metadata has no <spec> element")
     # json.loads' decoder without importing json (which the hook cannot afford).
-    from vmhealth.jsontext import loads
+    from vmhealth.jsontext import JSONLimitError, loads
 
     try:
-        data = loads(text)
+        data = loads(text, max_chars=MAX_SPEC_CHARS, max_depth=MAX_SPEC_DEPTH)
+    except JSONLimitError as exc:
+        raise MetadataError(f"{SPEC_PATH}: {exc} (a health spec is a few hundred "
+                            f"characters and nests at most {VALID_SPEC_DEPTH} levels)") from None
     except ValueError as exc:
         raise MetadataError(f"vmhealth metadata spec is not valid JSON: {exc}") from None
     if not isinstance(data, dict):

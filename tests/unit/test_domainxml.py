@@ -11,7 +11,7 @@ from tests.golden import check_golden
 
 from vmhealth.domainxml import NAMESPACE, apply_spec, health_element, read_spec, remove_spec
 from vmhealth.manifest import load_manifest
-from vmhealth.spec import HealthSpec, Watchdog, WatchdogModel
+from vmhealth.spec import HealthSpec, Watchdog, WatchdogModel, parse_spec
 from vmhealth.xmlsafe import MAX_XML_BYTES, XmlError
 
 XML_DIR = Path(__file__).resolve().parent.parent / "data" / "xml"
@@ -157,3 +157,22 @@ def test_broken_metadata_is_reported():
     future = xml.replace('version="1"', 'version="7"')
     with pytest.raises(XmlError, match="version '7'"):
         read_spec(future)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[" * 5000 + "]" * 5000, "metadata.spec: nested deeper than 32 levels"),
+    ('"' + "x" * 70000 + '"', "metadata.spec: 70002 characters long, more than the 65536"),
+])
+def test_metadata_beyond_the_json_bounds_is_reported(text, message):
+    xml = (f'<domain><name>x</name><metadata><v:health xmlns:v="{NAMESPACE}" version="1">'
+           f"<spec>{text}</spec></v:health></metadata></domain>")
+    with pytest.raises(XmlError, match=message):
+        read_spec(xml)
+
+
+def test_apply_refuses_a_spec_too_long_to_store():
+    source = (XML_DIR / "plain-in.xml").read_text()
+    spec = parse_spec({"livenessProbe": {"exec": {"command": ["echo", "x" * 70000]}}})
+    with pytest.raises(XmlError, match=r"the spec is \d+ characters as JSON, more than the "
+                                       "65536 vmhealth stores"):
+        apply_spec(source, spec)

@@ -120,6 +120,42 @@ def test_prepare_refuses_an_unknown_metadata_version(spool_dir):
     assert "vmhealth metadata has version '7'" in result.stderr
 
 
+def with_spec_text(xml: str, text: str) -> str:
+    start = xml.index("<spec>") + len("<spec>")
+    return xml[:start] + text + xml[xml.index("</spec>"):]
+
+
+# Past the C scanner's recursion limit, past the depth bound only, past the size bound.
+NESTED_TOO_DEEP = {
+    "5000 levels": ("[" * 5000 + "]" * 5000, "metadata.spec: nested deeper than 32 levels"),
+    "33 levels": ('{"livenessProbe":' + "[" * 32 + "]" * 32 + "}",
+                  "metadata.spec: nested deeper than 32 levels"),
+    "70000 characters": ('"' + "x" * 70000 + '"',
+                         "metadata.spec: 70002 characters long, more than the 65536 allowed"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(NESTED_TOO_DEEP))
+def test_prepare_refuses_a_spec_beyond_the_json_bounds_with_the_reason(spool_dir, case):
+    text, reason = NESTED_TOO_DEEP[case]
+    result = run_hook(spool_dir, "prepare", with_spec_text(WITH_SPEC, text))
+    assert result.code == 1
+    assert result.stderr.startswith(
+        f"vmhealth: domain 'web1' not started: its health spec is invalid: {reason} "
+        "(a health spec is a few hundred characters and nests at most 5 levels). "
+        "Fix it with `vmhealth apply web1 -f FILE`")
+    assert "internal error" not in result.stderr
+
+
+@pytest.mark.parametrize("op", ["migrate", "restore"])
+def test_filter_leaves_a_spec_beyond_the_json_bounds_alone(spool_dir, op):
+    source = (DATA / "restore-action-changed-in.xml").read_text()
+    result = run_hook(spool_dir, op, with_spec_text(source, NESTED_TOO_DEEP["5000 levels"][0]))
+    assert (result.code, result.stdout) == (0, "")
+    assert result.stderr.startswith(f"vmhealth: {op}: watchdog left as it is, the health "
+                                    "spec is invalid: metadata.spec: nested deeper than 32")
+
+
 def test_prepare_refuses_unreadable_xml_that_carries_our_namespace(spool_dir):
     broken = WITH_SPEC.replace("</domain>", "")
     result = run_hook(spool_dir, "prepare", broken)

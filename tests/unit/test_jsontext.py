@@ -74,3 +74,58 @@ def test_decoding_does_not_import_json_or_re():
     done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
                           text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# ---------------------------------------------------------------------------
+# Bounds (issue 15): a clear refusal instead of a RecursionError or a huge decode
+# ---------------------------------------------------------------------------
+
+def nested(levels: int, open_: str = "[", close: str = "]") -> str:
+    return open_ * levels + close * levels
+
+
+@pytest.mark.parametrize("text", [
+    nested(33),  # one past the bound: found by the walk over the value
+    nested(900),  # below the recursion limit, far past the bound
+    nested(50_000),  # the C scanner's RecursionError, turned into the same answer
+    '{"a":' * 40 + "1" + "}" * 40,
+    "[" + ",".join(["[]"] * 40) + "," + nested(33) + "]",  # deep only at the end
+])
+def test_nesting_past_the_bound_is_refused_with_its_depth(text):
+    with pytest.raises(jsontext.JSONLimitError, match="^nested deeper than 32 levels$"):
+        jsontext.loads(text, max_depth=32)
+
+
+@pytest.mark.parametrize("text", [
+    nested(32),
+    '{"a":' * 31 + "[]" + "}" * 31,
+    # More than 32 brackets, none deeper than 2: the walk runs and finds nothing.
+    "[" + ",".join(["[1]"] * 100) + "]",
+    '"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["',  # brackets in a string
+])
+def test_nesting_within_the_bound_decodes_as_json_loads(text):
+    assert jsontext.loads(text, max_depth=32) == json.loads(text)
+
+
+def test_depth_counts_every_level():
+    assert jsontext.loads("[[]]", max_depth=2) == [[]]
+    with pytest.raises(jsontext.JSONLimitError):
+        jsontext.loads("[[[]]]", max_depth=2)
+    with pytest.raises(jsontext.JSONLimitError):
+        jsontext.loads('{"a":{"b":{}}}', max_depth=2)
+
+
+def test_length_past_the_bound_is_refused_before_decoding():
+    # Not even valid JSON: the length answers first.
+    with pytest.raises(jsontext.JSONLimitError,
+                       match="^11 characters long, more than the 10 allowed$"):
+        jsontext.loads("[" * 11, max_chars=10)
+    assert jsontext.loads('"' + "x" * 8 + '"', max_chars=10) == "x" * 8
+
+
+def test_without_bounds_deep_nesting_behaves_as_json_loads():
+    with pytest.raises(RecursionError):
+        json.loads(nested(50_000))
+    with pytest.raises(RecursionError):
+        jsontext.loads(nested(50_000))
+    assert jsontext.loads(nested(200)) == json.loads(nested(200))

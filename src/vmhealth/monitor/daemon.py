@@ -351,8 +351,16 @@ class Daemon:
         domains = await self._call(conn.listAllDomains, libvirt.VIR_CONNECT_LIST_DOMAINS_ACTIVE)
         seen = set()
         for dom in domains:
-            seen.add(dom.UUIDString())
-            await self.adopt(dom, "reconcile")
+            seen.add(dom.UUIDString())  # name and UUID are local: no libvirt call
+            try:
+                await self.adopt(dom, "reconcile")
+            except Exception as exc:  # noqa: BLE001 - one domain must not stop the others
+                # adopt() reports what it foresees (an invalid spec, a domain gone); this
+                # is anything else, from a domain's own definition say. Aborting here
+                # would leave every later domain unmonitored and, at start(), make
+                # systemd restart the daemon into the same failure forever.
+                log.exception("cannot adopt domain; the others go on", extra=log_fields(
+                    domain=dom.name(), error=f"{type(exc).__name__}: {exc}"))
         for uuid in list(self.monitors):
             if uuid not in seen:
                 await self._drop(uuid, "no longer running")
