@@ -39,6 +39,9 @@ from vmhealth.hook.scan import (
 TIME_LIMIT_SECONDS = 10.0
 EXIT_OK = 0
 EXIT_REFUSED = 1
+# stderr goes to libvirt's log: one line per changed watchdog up to this many, then a
+# count (a definition may hold thousands of watchdogs).
+MAX_REPORTED_CHANGES = 10
 
 
 class HookTimeout(Exception):
@@ -155,8 +158,11 @@ def align_watchdog(run: Invocation) -> int:
         return EXIT_OK
     model, action = spec["watchdog"]["model"], spec["watchdog"]["action"]
     result = align(run.data, facts, model, action)
-    for change in result.changes:
+    for change in result.changes[:MAX_REPORTED_CHANGES]:
         run.say(f"{run.operation}: {change}")
+    if len(result.changes) > MAX_REPORTED_CHANGES:
+        run.say(f"{run.operation}: and {len(result.changes) - MAX_REPORTED_CHANGES} more "
+                f"watchdogs: action -> {action}")
     if result.missing_model is not None:
         _record_pending_watchdog(run, uuid, model, action)
     else:
