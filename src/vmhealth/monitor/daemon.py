@@ -498,7 +498,11 @@ class Daemon:
                   _opaque: Any) -> None:
         connected = state == libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
         monitor = self.monitors.get(dom.UUIDString())
-        if monitor is not None and connected:
+        if monitor is None:
+            # Not ours to report: any guest can toggle its agent in a loop, and its
+            # events would only crowd monitored domains' events out of the ring.
+            return
+        if connected:
             monitor.access.forget_addresses()  # the agent may know addresses now
             monitor.prober.recall_lanes()  # ... so no lane keeps probing the old ones
         self.events.record(dom.name(), "AgentConnected" if connected else "AgentDisconnected",
