@@ -3,17 +3,30 @@
 from __future__ import annotations
 
 import asyncio
+import grp
 import os
+import pwd
+import shutil
 import stat
+import subprocess
+import sys
+import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from vmhealth.monitor.api import ApiServer
+from vmhealth.monitor.api import (
+    ON_DEMAND_INTERVAL,
+    ApiServer,
+    OnDemandProbes,
+    Peer,
+    ProbePermission,
+)
 from vmhealth.monitor.client import ApiClient, ApiError, ApiUnavailable
-from vmhealth.monitor.events import EventLog
+from vmhealth.monitor.events import MESSAGE_LIMIT, EventLog
 from vmhealth.monitor.interfaces import Outcome, ProbeResult
 from vmhealth.monitor.metrics import Metrics
 from vmhealth.spec import ProbeKind
@@ -41,16 +54,21 @@ class FakeSource:
 
     async def run_probe_once(self, key, kind):
         self.probed.append((key, kind))
-        return ProbeResult(Outcome.FAILURE, "exit code 1", 0.5, time.time())
+        if self.hold is not None:
+            await self.hold.wait()
+        return ProbeResult(Outcome.FAILURE, self.message, 0.5, time.time())
+
+    hold: asyncio.Event | None = None  # set: probes wait for it
+    message = "exit code 1"
 
 
 class Server:
     """The API served from a loop in a thread, so the blocking client can call it."""
 
-    def __init__(self, socket_path: str) -> None:
+    def __init__(self, socket_path: str, **options) -> None:
         self.source = FakeSource()
         self.loop = asyncio.new_event_loop()
-        self.api = ApiServer(self.source, socket_path)
+        self.api = ApiServer(self.source, socket_path, **options)
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
         self.call(self.api.start())
@@ -145,6 +163,12 @@ def test_probe_once(server, client):
     assert error.value.status == 400 and "liveness, readiness, startup" in str(error.value)
 
 
+def test_probe_result_message_is_bounded_and_printable(server, client):
+    server.source.message = "exit \x1b]0;pwned\x07\x1b[2J" * 500_000
+    message = client.probe("web2", "readiness")["message"]
+    assert message.isprintable() and len(message) <= MESSAGE_LIMIT + 3 and "pwned" in message
+
+
 def test_no_daemon_names_the_socket(tmp_path: Path):
     with pytest.raises(ApiUnavailable) as error:
         ApiClient(str(tmp_path / "none.sock")).status()
@@ -186,3 +210,124 @@ def test_cli_status_wait_probe_and_events(server):
     assert cli("wait", "web1", "--for", "live", "--timeout", "1s").exit_code == 0
     probed = cli("probe", "web2", "readiness")
     assert probed.exit_code == 1 and "failure in 500 ms: exit code 1" in probed.output
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def until(condition, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met in time"
+        time.sleep(0.01)
+
+
+def test_concurrent_probe_requests_share_one_run_then_429(tmp_path: Path):
+    clock = Clock()
+    on_demand = OnDemandProbes(clock=clock)
+    srv = Server(str(tmp_path / "api.sock"), on_demand=on_demand)
+    try:
+        async def hold():
+            srv.source.hold = asyncio.Event()
+        srv.call(hold())
+        client = ApiClient(srv.api.socket_path, timeout=30)
+        with ThreadPoolExecutor(100) as pool:
+            futures = [pool.submit(client.probe, "web2", "readiness") for _ in range(100)]
+            until(lambda: on_demand.requests == 100)  # all of them in, the run held
+            srv.loop.call_soon_threadsafe(srv.source.hold.set)
+            results = [future.result(30) for future in futures]
+        assert srv.source.probed == [("web2", ProbeKind.READINESS)]
+        assert {r["message"] for r in results} == {"exit code 1"}
+        # The run just ended: the same probe again is refused, with when to retry.
+        with pytest.raises(ApiError) as error:
+            client.probe("web2", "readiness")
+        assert (error.value.status, error.value.retry_after) == (429, 1)
+        assert "retry in 1 s" in str(error.value)
+        client.probe("web2", "liveness")  # another probe (or domain) has its own limit
+        clock.now += ON_DEMAND_INTERVAL
+        client.probe("web2", "readiness")
+        assert len(srv.source.probed) == 3
+    finally:
+        srv.close()
+
+
+def test_cli_probe_waits_out_the_rate_limit(tmp_path: Path):
+    from click.testing import CliRunner
+
+    from vmhealth.cli import main
+
+    srv = Server(str(tmp_path / "api.sock"), on_demand=OnDemandProbes(interval=0.2))
+    try:
+        for _ in range(2):
+            result = CliRunner().invoke(main, ["probe", "web2", "readiness", "--socket",
+                                               srv.api.socket_path])
+            assert result.exit_code == 1 and "failure in 500 ms" in result.output
+        assert len(srv.source.probed) == 2
+    finally:
+        srv.close()
+
+
+def test_probe_permission_rules():
+    def allowed(peer, group=""):
+        return ProbePermission(group, peer=lambda _request: peer).refusal(None) is None
+
+    users = grp.getgrnam("users").gr_gid
+    assert allowed(Peer(0, 0, frozenset()))
+    assert allowed(Peer(os.geteuid(), 1234, frozenset()))  # the daemon's own user
+    assert not allowed(Peer(65534, 65534, frozenset()))
+    assert not allowed(Peer(65534, 65534, frozenset()), group="")
+    assert allowed(Peer(65534, users, frozenset()), group="users")
+    assert allowed(Peer(65534, 65534, frozenset({7, users})), group="users")
+    assert not allowed(Peer(65534, 65534, frozenset({7})), group="users")
+    refusal = ProbePermission("users", peer=lambda _request: None).refusal(None)
+    assert "needs the unix socket" in refusal  # TCP cannot say who calls
+    refusal = ProbePermission("", peer=lambda _r: Peer(1000, 1000, frozenset())).refusal(None)
+    assert "for root only (uid 1000 is not" in refusal and "probe_group" in refusal
+
+
+# A client in another process, as another user: the credentials the kernel passes on
+# the unix socket (SO_PEERCRED, SO_PEERGROUPS) are what the daemon checks.
+AS_OTHER_USER = """
+import http.client, socket, sys
+class Unix(http.client.HTTPConnection):
+    def connect(self):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(sys.argv[1])
+conn = Unix("localhost", timeout=30)
+conn.request(sys.argv[2], sys.argv[3])
+print(conn.getresponse().status)
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="runs clients as other users: needs root")
+def test_only_root_and_probe_group_run_probes_over_the_socket():
+    directory = tempfile.mkdtemp(prefix="vmhealth-api-")
+    os.chmod(directory, 0o755)  # other users must reach the socket inside
+    nobody, users = pwd.getpwnam("nobody"), grp.getgrnam("users").gr_gid
+    srv = Server(os.path.join(directory, "api.sock"), socket_group="nogroup",
+                 probe_group="users", on_demand=OnDemandProbes(interval=0))
+
+    def status_as(method, url, group, extra_groups=()):
+        done = subprocess.run(
+            [sys.executable, "-I", "-c", AS_OTHER_USER, srv.api.socket_path, method, url],
+            user=nobody.pw_uid, group=group, extra_groups=list(extra_groups),
+            capture_output=True, text=True, timeout=30, check=True)
+        return int(done.stdout)
+
+    try:
+        nogroup = nobody.pw_gid
+        assert status_as("GET", "/status", nogroup) == 200  # reading needs the socket only
+        assert status_as("POST", "/probe/web2/readiness", nogroup) == 403
+        assert srv.source.probed == []
+        assert status_as("POST", "/probe/web2/readiness", nogroup, [users]) == 200
+        assert status_as("POST", "/probe/web2/readiness", users, [nogroup]) == 200
+        assert ApiClient(srv.api.socket_path).probe("web2", "readiness")  # root
+        assert len(srv.source.probed) == 3
+    finally:
+        srv.close()
+        shutil.rmtree(directory)

@@ -53,6 +53,7 @@ native_lane = no
 [api]
 socket_path = /tmp/vmh.sock
 tcp_listen = [::1]:9477
+probe_group = users
 [backoff]
 initial_seconds = 5
 [defaults]
@@ -63,6 +64,7 @@ onLivenessFailure = reset
     assert config.agent_threads == 4
     assert config.native_lane is False
     assert config.tcp_address == ("::1", 9477)
+    assert config.probe_group == "users"
     assert config.backoff_initial_seconds == 5.0
     assert config.spec_defaults == {"periodSeconds": 5, "onLivenessFailure": "reset"}
 
@@ -76,6 +78,8 @@ onLivenessFailure = reset
      "[api] tcp_listen: HOST must be an IP address, got 'localhost'"),
     ("[api]\nsocket_path = api.sock\n", "[api] socket_path: must be an absolute path"),
     ("[api]\nsocket_group = no-such-group-xyz\n", "no such group 'no-such-group-xyz'"),
+    ("[api]\nprobe_group = no-such-group-xyz\n",
+     "[api] probe_group: no such group 'no-such-group-xyz'"),
     ("[backoff]\nmax_seconds = -1\n", "[backoff] max_seconds: must be above 0"),
     ("[backoff]\ninitial_seconds = 60\nmax_seconds = 10\n",
      "max_seconds must not be below initial_seconds"),

@@ -20,9 +20,13 @@ class ApiUnavailable(Exception):
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    """The daemon answered with an error; `retry_after` is its Retry-After in seconds
+    (429: this probe ran a moment ago), or None."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 class _UnixConnection(http.client.HTTPConnection):
@@ -70,7 +74,9 @@ class ApiClient:
         except ValueError:
             raise ApiError(response.status, body.decode(errors="replace").strip()) from None
         if response.status >= 400:
-            raise ApiError(response.status, str(data.get("error", data)))
+            error = data.get("error", data) if isinstance(data, dict) else data
+            raise ApiError(response.status, str(error),
+                           _seconds(response.getheader("Retry-After")))
         return data
 
     def status(self, domain: str | None = None) -> Any:
@@ -96,3 +102,10 @@ class ApiClient:
                     yield json.loads(line)
         finally:
             conn.close()
+
+
+def _seconds(header: str | None) -> float | None:
+    """Retry-After in its delay-seconds form (the daemon sends no HTTP dates)."""
+    if header is None or not header.strip().isdigit():
+        return None
+    return float(header)

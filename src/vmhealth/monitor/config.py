@@ -30,6 +30,8 @@ class DaemonConfig:
     spool_dir: str = "/run/vmhealth/domains"
     socket_path: str = "/run/vmhealth/api.sock"
     socket_group: str = ""  # empty: the daemon's own group (root)
+    # Who may run probes on demand (POST /probe) besides root: empty, root only.
+    probe_group: str = ""
     tcp_listen: str = ""  # e.g. 127.0.0.1:9477; empty: no TCP listener
     agent_threads: int = 16
     control_threads: int = 4
@@ -154,6 +156,7 @@ DAEMON_KEYS: dict[str, dict[str, tuple[str, Callable[[str, str], Any]]]] = {
     "api": {
         "socket_path": ("socket_path", _absolute_path),
         "socket_group": ("socket_group", _group),
+        "probe_group": ("probe_group", _group),
         "tcp_listen": ("tcp_listen", _tcp),
     },
     "backoff": {

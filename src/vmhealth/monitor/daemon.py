@@ -615,7 +615,7 @@ async def serve(config: DaemonConfig, **daemon_options: Any) -> None:
     daemon = Daemon(config, **daemon_options)
     daemon.install_signal_handlers_early()
     api = ApiServer(daemon, config.socket_path, socket_group=config.socket_group,
-                    tcp=config.tcp_address)
+                    tcp=config.tcp_address, probe_group=config.probe_group)
     await api.start()
     log.info("API listening", extra=log_fields(socket=config.socket_path,
                                                tcp=config.tcp_listen or "off"))
