@@ -37,6 +37,7 @@ from vmhealth.domainxml import (
 )
 from vmhealth.manifest import ManifestError, load_manifest
 from vmhealth.spec import SpecError, spec_to_dict
+from vmhealth.terminal import echo
 from vmhealth.xmlsafe import XmlError
 
 
@@ -195,10 +196,11 @@ def show(ctx: Context, domain: str, output: str) -> None:
         raise Failure(f"{domain}: no vmhealth spec (add one with `vmhealth apply {domain} "
                       "-f FILE`)")
     data = spec_to_dict(spec)
+    # Escaped for the terminal: a spec stored by another tool may hold anything.
     if output == "json":
-        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        echo(json.dumps(data, indent=2, sort_keys=True))
     else:
-        click.echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
+        echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
 
 
 @main.command()

@@ -4,6 +4,9 @@ All but `daemon` talk to the running daemon over its API socket. Exit codes: 0 o
 1 not ready/not live/failed/unreachable/timed out, 2 bad usage or configuration.
 `vmhealth status DOMAIN` exits 1 unless the domain is live and ready, so a cluster
 manager (Pacemaker VirtualDomain's monitor_scripts) can call it as is.
+
+Everything shown from the daemon (reasons, messages, names, its errors) is printed
+through vmhealth.terminal, which escapes control characters: it may quote a guest.
 """
 
 from __future__ import annotations
@@ -18,13 +21,19 @@ from typing import Any
 import click
 
 from vmhealth.monitor.client import DEFAULT_SOCKET, ApiClient, ApiError, ApiUnavailable
+from vmhealth.terminal import echo, for_terminal
 
 WAIT_POLL_SECONDS = 1.0
+# `vmhealth probe` waits out the daemon's rate limit (429 + Retry-After) this long at most.
+PROBE_RETRY_SECONDS = 5.0
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 
 
 class Failure(click.ClickException):
     exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(for_terminal(message))
 
 
 class UsageFailure(click.ClickException):
@@ -54,9 +63,7 @@ def _client(socket_path: str) -> ApiClient:
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
     try:
         return fn(*args, **kwargs)
-    except ApiUnavailable as exc:
-        raise Failure(str(exc)) from None
-    except ApiError as exc:
+    except (ApiUnavailable, ApiError) as exc:
         raise Failure(str(exc)) from None
 
 
@@ -71,21 +78,21 @@ def _yes_no(value: bool | None) -> str:
 
 
 def _print_domain(entry: dict[str, Any]) -> None:
-    click.echo(f"{entry['name']} ({entry['uuid']}): state {entry.get('state', 'unknown')}, "
+    echo(f"{entry['name']} ({entry['uuid']}): state {entry.get('state', 'unknown')}, "
                f"ready {_yes_no(entry['ready'])}, live {_yes_no(entry['live'])}")
     if entry.get("suppressed"):
-        click.echo(f"  failures not counted: domain is {entry['suppressed']}")
+        echo(f"  failures not counted: domain is {entry['suppressed']}")
     if entry.get("action"):
         action = entry["action"]
-        click.echo(f"  liveness action {action['action']}: {action['phase']}")
+        echo(f"  liveness action {action['action']}: {action['phase']}")
     for kind, probe in entry.get("probes", {}).items():
-        click.echo(f"  {kind}: {_healthy_word(kind, probe['healthy'])} - {probe['reason']} "
+        echo(f"  {kind}: {_healthy_word(kind, probe['healthy'])} - {probe['reason']} "
                    f"(since {_when(probe['since'])})")
         last = probe.get("lastResult")
         if last:
             counted = "" if last["counted"] else ", not counted"
             lane = ", repeated by the native lane" if probe.get("nativeLane") else ""
-            click.echo(f"    last: {last['outcome']} at {_when(last['time'])} in "
+            echo(f"    last: {last['outcome']} at {_when(last['time'])} in "
                        f"{last['duration'] * 1000:.0f} ms{counted}{lane}: {last['message']}")
 
 
@@ -139,14 +146,14 @@ def status_command(domain: str | None, output: str, socket_path: str) -> None:
     client = _client(socket_path)
     data = _call(client.status, domain)
     if output == "json":
-        click.echo(json.dumps(data, indent=2))
+        echo(json.dumps(data, indent=2))
     elif domain:
         _print_domain(data)
     else:
         if not data["libvirtConnected"]:
-            click.echo("warning: the daemon is not connected to libvirt", err=True)
+            echo("warning: the daemon is not connected to libvirt", err=True)
         if not data["domains"]:
-            click.echo("no domain is monitored")
+            echo("no domain is monitored")
         for entry in data["domains"]:
             _print_domain(entry)
     if domain and not (data["ready"] and data["live"]):
@@ -170,7 +177,7 @@ def wait_command(domain: str, condition: str, timeout: str, socket_path: str) ->
         try:
             entry = client.status(domain)
             if entry.get(condition):
-                click.echo(f"{domain}: {condition}")
+                echo(f"{domain}: {condition}")
                 return
             last_problem = "; ".join(f"{kind}: {p['reason']}"
                                      for kind, p in entry.get("probes", {}).items()) \
@@ -196,10 +203,10 @@ def events_command(follow: bool, domain: str | None, output: str, socket_path: s
     try:
         for event in client.events(follow=follow, domain=domain):
             if output == "json":
-                click.echo(json.dumps(event))
+                echo(json.dumps(event))
             else:
                 where = event["domain"] or "-"
-                click.echo(f"{_when(event['time'])}  {where:<20} {event['type']:<20} "
+                echo(f"{_when(event['time'])}  {where:<20} {event['type']:<20} "
                            f"{event['message']}")
     except ApiUnavailable as exc:
         raise Failure(str(exc)) from None
@@ -214,12 +221,26 @@ def events_command(follow: bool, domain: str | None, output: str, socket_path: s
 @socket_option
 def probe_command(domain: str, kind: str, output: str, socket_path: str) -> None:
     """Run one probe of DOMAIN now and print the result (exit 1 unless it succeeds)."""
-    result = _call(_client(socket_path).probe, domain, kind)
+    result = _call(_probe_waiting_out_the_rate_limit, _client(socket_path), domain, kind)
     if output == "json":
-        click.echo(json.dumps(result, indent=2))
+        echo(json.dumps(result, indent=2))
     else:
-        click.echo(f"{domain} {kind}: {result['outcome']} in {result['duration'] * 1000:.0f} "
+        echo(f"{domain} {kind}: {result['outcome']} in {result['duration'] * 1000:.0f} "
                    f"ms: {result['message']}")
     if result["outcome"] != "success":
         raise SystemExit(1)
 
+
+
+def _probe_waiting_out_the_rate_limit(client: ApiClient, domain: str, kind: str) -> Any:
+    """One probe run; if the daemon ran this probe a moment ago (429), wait as long as
+    it asks (Retry-After), up to PROBE_RETRY_SECONDS in all, and ask again."""
+    deadline = time.monotonic() + PROBE_RETRY_SECONDS
+    while True:
+        try:
+            return client.probe(domain, kind)
+        except ApiError as exc:
+            wait = exc.retry_after
+            if exc.status != 429 or wait is None or time.monotonic() + wait > deadline:
+                raise
+            time.sleep(wait)

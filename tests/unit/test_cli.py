@@ -136,3 +136,77 @@ def test_daemon_raises_its_open_file_limit_to_the_hard_limit():
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          timeout=60, check=True)
     assert out.stdout.strip() == "True"
+
+
+# --- what the daemon says reaches the terminal escaped, whatever it says ------------
+HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x1b[31mred\r\x9b1m"
+
+
+class HostileDaemon:
+    """An API client whose daemon (another version, or a guest's text it did not bound)
+    puts terminal escape sequences into everything."""
+
+    def __init__(self, _socket_path: str) -> None:
+        self.probe_entry = {"healthy": False, "reason": HOSTILE * 1000, "since": 1.0,
+                            "lastResult": {"outcome": "failure", "time": 1.0,
+                                           "duration": 0.5, "counted": True,
+                                           "message": HOSTILE}}
+
+    def status(self, domain=None):
+        entry = {"name": "web" + HOSTILE, "uuid": HOSTILE, "state": HOSTILE,
+                 "suppressed": HOSTILE, "ready": False, "live": True,
+                 "action": {"action": HOSTILE, "phase": HOSTILE},
+                 "probes": {"readiness": self.probe_entry}}
+        return entry if domain else {"libvirtConnected": True, "domains": [entry]}
+
+    def events(self, **_options):
+        yield {"seq": 1, "time": 1.0, "domain": HOSTILE, "type": HOSTILE, "message": HOSTILE}
+
+    def probe(self, domain, kind):
+        return {"domain": domain, "probe": kind, "outcome": HOSTILE, "message": HOSTILE,
+                "duration": 0.5, "time": 1.0}
+
+
+class RefusingDaemon(HostileDaemon):
+    def status(self, domain=None):
+        from vmhealth.monitor.client import ApiError
+        raise ApiError(404, f"domain {HOSTILE!s} is not monitored")
+
+
+def assert_escaped(output: str) -> None:
+    assert all(line.isprintable() for line in output.split("\n")), repr(output[:300])
+    assert "\\x1b]0;pwned\\x07\\x1b[2J" in output
+
+
+@pytest.mark.parametrize("args", [
+    ("status",), ("status", "web1"), ("status", "-o", "json"), ("events",),
+    ("events", "-o", "json"), ("probe", "web1", "readiness"),
+    ("probe", "web1", "readiness", "-o", "json")])
+def test_daemon_output_is_escaped_for_the_terminal(monkeypatch, args):
+    from vmhealth import cli_daemon
+
+    monkeypatch.setattr(cli_daemon, "_client", HostileDaemon)
+    result = CliRunner().invoke(main, list(args))
+    assert result.exception is None or isinstance(result.exception, SystemExit)
+    output = result.output
+    assert all(line.isprintable() for line in output.split("\n")), repr(output[:300])
+    assert "pwned" in output and "\x1b" not in output and "\x9b" not in output
+
+
+@pytest.mark.parametrize("args", [("status", "web1"),
+                                  ("wait", "web1", "--for", "ready", "--timeout", "0s")])
+def test_daemon_errors_are_escaped_for_the_terminal(monkeypatch, args):
+    from vmhealth import cli_daemon
+
+    monkeypatch.setattr(cli_daemon, "_client", RefusingDaemon)
+    result = CliRunner().invoke(main, list(args))
+    assert result.exit_code == 1
+    assert_escaped(result.output)
+
+
+def test_show_escapes_a_stored_spec(run):
+    hostile = json.dumps({"livenessProbe": {"exec": {"command": ["cat", HOSTILE]}}})
+    assert run("apply", "web1", "-f", "-", input=hostile).exit_code == 0
+    for output in ("yaml", "json"):
+        shown = run("show", "web1", "-o", output).output
+        assert "pwned" in shown and all(line.isprintable() for line in shown.split("\n"))
