@@ -163,13 +163,23 @@ def _indent_of(parent: etree._Element) -> tuple[str, str]:
 
 
 def _append(parent: etree._Element, child: etree._Element) -> None:
+    _extend(parent, [child])
+
+
+def _extend(parent: etree._Element, children: list[etree._Element]) -> None:
+    """Append `children` to parent, indented alike. One call for many children: lxml
+    counts a parent's children one by one, so appending them singly is quadratic."""
+    if not children:
+        return
     child_indent, closing = _indent_of(parent)
     if len(parent):
         parent[-1].tail = child_indent
     else:
         parent.text = child_indent
-    child.tail = closing
-    parent.append(child)
+    for child in children:
+        child.tail = child_indent
+    children[-1].tail = closing
+    parent.extend(children)
 
 
 def _remove(element: etree._Element) -> None:
@@ -233,16 +243,19 @@ def _apply_watchdog(root: etree._Element, watchdog: Watchdog, edit: Edit, *,
         edit.changes.append(f"added a {watchdog.model.value} watchdog with action {action}")
         edit.devices_changed = True
     for device in existing:
-        original = device.get("action", "reset")
-        if original == action:
+        original = device.get("action")  # None: no attribute, which libvirt reads as reset
+        if (original or "reset") == action:
             continue
         model = device.get("model", "")
         device.set("action", action)
-        undo.append(etree.Element(_q("action"), model=model, original=original))
+        record = etree.Element(_q("action"), model=model)
+        if original is not None:  # absent: undo removes the attribute again
+            record.set("original", original)
+        undo.append(record)
         why = "" if model == watchdog.model.value else \
             " (libvirt requires every watchdog of a domain to share one action)"
-        edit.changes.append(f"changed the {model} watchdog's action from {original} to "
-                            f"{action}{why}")
+        edit.changes.append(f"changed the {model} watchdog's action from "
+                            f"{original or 'reset'} to {action}{why}")
         edit.devices_changed = True
     return undo
 
@@ -252,31 +265,59 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
     undo = _child(health, "undo")
     if undo is None:
         return
+    records = [record for record in undo if isinstance(record.tag, str)]
+    originals = _original_actions(records)
+    restored: set[str | None] = set()
     devices = root.find("devices")
     # Last change first, as undo goes: <devices> is dropped only after what we added
     # to it is gone.
-    for record in reversed(undo):
-        if not isinstance(record.tag, str) or devices is None:
-            continue
+    for record in reversed(records):
+        if devices is None:
+            break
         model = record.get("model")
         kind = etree.QName(record).localname
         if kind == "added":
-            for device in devices.findall("watchdog"):
+            for device in devices.iterfind("watchdog"):
                 if device.get("model") == model:
                     _remove(device)
                     edit.changes.append(f"removed the {model} watchdog vmhealth had added")
                     edit.devices_changed = True
                     break
-        elif kind == "action":
-            for device in devices.findall("watchdog"):
+        elif kind == "action" and model not in restored:
+            # Once per model, not once per record: a record per changed device, each
+            # restoring every device of its model, was quadratic in the watchdogs.
+            restored.add(model)
+            for device in devices.iterfind("watchdog"):
                 if device.get("model") == model:
-                    device.set("action", record.get("original", "reset"))
+                    _restore_action(device, originals[model])
                     edit.changes.append(f"restored the {model} watchdog's action to "
-                                        f"{record.get('original')}")
+                                        f"{originals[model] or 'reset'}")
                     edit.devices_changed = True
         elif kind == "created-devices" and len(devices) == 0:
             _remove(devices)
             devices = None
+
+
+def _original_actions(records: list[etree._Element]) -> dict[str | None, str | None]:
+    """Per model, the action its watchdogs had before vmhealth (None: no attribute).
+
+    apply writes one <action> record per changed device; libvirt gives all watchdogs
+    of a domain one action, so the records of a model agree. Should they not (a
+    hand-edited record), the first one wins, as it did when each record was undone
+    in turn, last to first."""
+    originals: dict[str | None, str | None] = {}
+    for record in records:
+        if etree.QName(record).localname == "action":
+            originals.setdefault(record.get("model"), record.get("original"))
+    return originals
+
+
+def _restore_action(device: etree._Element, original: str | None) -> None:
+    """Give `device` back the action attribute it had: `original`, or none at all."""
+    if original is None:
+        device.attrib.pop("action", None)
+    else:
+        device.set("action", original)
 
 
 def _strip(root: etree._Element, edit: Edit) -> bool:
@@ -377,8 +418,7 @@ def apply_spec(xml: str | bytes, spec: HealthSpec, *, allow_multiple_watchdogs: 
     if undo_records:
         undo = etree.Element(_q("undo"))
         _append(health, undo)
-        for record in undo_records:
-            _append(undo, record)
+        _extend(undo, undo_records)
     edit.changes.insert(0, "stored the health spec in <metadata> "
                            f"(namespace {NAMESPACE})")
     edit.xml = to_string(root)

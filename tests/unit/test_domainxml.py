@@ -11,7 +11,7 @@ from tests.golden import check_golden
 
 from vmhealth.domainxml import NAMESPACE, apply_spec, health_element, read_spec, remove_spec
 from vmhealth.manifest import load_manifest
-from vmhealth.spec import HealthSpec, Watchdog, WatchdogModel, parse_spec
+from vmhealth.spec import HealthSpec, Watchdog, WatchdogAction, WatchdogModel, parse_spec
 from vmhealth.xmlsafe import MAX_XML_BYTES, XmlError
 
 XML_DIR = Path(__file__).resolve().parent.parent / "data" / "xml"
@@ -176,3 +176,67 @@ def test_apply_refuses_a_spec_too_long_to_store():
     with pytest.raises(XmlError, match=r"the spec is \d+ characters as JSON, more than the "
                                        "65536 vmhealth stores"):
         apply_spec(source, spec)
+
+
+# ---------------------------------------------------------------------------
+# The undo record's action: every libvirt action as the original (issue 22)
+# ---------------------------------------------------------------------------
+
+# Every action libvirt knows for a watchdog; None: no attribute (libvirt reads reset).
+ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi")
+
+
+def two_watchdogs(original: str | None) -> str:
+    action = "" if original is None else f" action='{original}'"
+    return (XML_DIR / "plain-in.xml").read_text().replace(
+        "  </devices>", f"    <watchdog model='ib700'{action}/>\n"
+                        f"    <watchdog model='i6300esb'{action}>\n"
+                        "      <alias name='watchdog1'/>\n    </watchdog>\n  </devices>")
+
+
+def watchdog_actions(xml: str) -> dict[str, str | None]:
+    return {w.get("model"): w.get("action") for w in etree.fromstring(xml.encode())
+            .iter("watchdog")}
+
+
+@pytest.mark.parametrize("original", (*ACTIONS, None))
+@pytest.mark.parametrize("wanted", ACTIONS)
+def test_remove_gives_back_every_original_action(original, wanted):
+    source = two_watchdogs(original)
+    edit = apply_spec(source, HealthSpec(watchdog=Watchdog(action=WatchdogAction(wanted))))
+    # In effect: a watchdog without the attribute that should reset is left alone.
+    assert {model: action or "reset" for model, action in watchdog_actions(edit.xml)
+            .items()} == {"ib700": wanted, "i6300esb": wanted}
+    if (original or "reset") != wanted:
+        assert edit.changes[1] == (f"changed the ib700 watchdog's action from "
+                                   f"{original or 'reset'} to {wanted} (libvirt requires "
+                                   "every watchdog of a domain to share one action)")
+    removed = remove_spec(edit.xml).xml
+    assert watchdog_actions(removed) == {"ib700": original, "i6300esb": original}
+    assert canonical(removed) == canonical(source)
+
+
+@pytest.mark.parametrize("original", (*ACTIONS, None))
+def test_reapply_starts_from_the_original_action(original):
+    # Re-applying undoes first: the second spec's record names the true original,
+    # not the first spec's action.
+    source = two_watchdogs(original)
+    first = apply_spec(source, HealthSpec(watchdog=Watchdog(action=WatchdogAction.DUMP)))
+    second = apply_spec(first.xml, HealthSpec(watchdog=Watchdog(
+        action=WatchdogAction.INJECT_NMI)))
+    assert watchdog_actions(second.xml) == {"ib700": "inject-nmi", "i6300esb": "inject-nmi"}
+    assert canonical(remove_spec(second.xml).xml) == canonical(source)
+
+
+def test_undo_restores_each_watchdog_once():
+    # One undo record per changed watchdog; each used to restore every watchdog of its
+    # model again (10,000 watchdogs: 100 million restores). Counted, not timed.
+    count = 2000
+    source = (XML_DIR / "plain-in.xml").read_text().replace(
+        "  </devices>", "    <watchdog model='i6300esb' action='pause'/>\n" * count
+        + "  </devices>")
+    applied = apply_spec(source, HealthSpec(watchdog=Watchdog()))
+    assert len(applied.changes) == 1 + count
+    removed = remove_spec(applied.xml)
+    assert removed.changes[1:] == ["restored the i6300esb watchdog's action to pause"] * count
+    assert canonical(removed.xml) == canonical(source)
