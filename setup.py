@@ -12,6 +12,10 @@ Without llhttp, or when the compiler fails, vmhealth installs without the extens
 and the daemon runs every probe in Python (docs/probes.md, "The native lane"); set
 VMHEALTH_REQUIRE_NATIVE=1 to make that a build error instead (the RPM and the test
 command do).
+
+VMHEALTH_SANITIZE=1 builds the extension with AddressSanitizer and UBSan, for the
+test command's sanitizer step (scripts/test): any memory error or undefined behaviour
+then aborts the test run. Never for a package: the module needs libasan preloaded.
 """
 
 from __future__ import annotations
@@ -29,6 +33,10 @@ SYSTEM_LLHTTP = [f"src/native/system_llhttp_{part}.c" for part in ("api", "http"
 DEBIAN_SOURCES = Path("/usr/share/llhttp")
 DEBIAN_INCLUDE = Path("/usr/share/include/llhttp")
 REQUIRED = os.environ.get("VMHEALTH_REQUIRE_NATIVE") == "1"
+SANITIZE = os.environ.get("VMHEALTH_SANITIZE") == "1"
+# -fno-sanitize-recover: undefined behaviour aborts, so the tests fail on it.
+SANITIZER_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=undefined",
+                   "-fno-omit-frame-pointer", "-g"]
 
 
 def _pkg_config(*args: str) -> list[str] | None:
@@ -43,8 +51,10 @@ def _pkg_config(*args: str) -> list[str] | None:
 
 
 def _extension() -> Extension | None:
-    common = {"extra_compile_args": ["-std=gnu11", "-O2", "-Wall"],
-              "optional": not REQUIRED}
+    common = {"extra_compile_args": ["-std=gnu11", "-O2", "-Wall",
+                                     *(SANITIZER_FLAGS if SANITIZE else [])],
+              "extra_link_args": SANITIZER_FLAGS if SANITIZE else [],
+              "optional": not (REQUIRED or SANITIZE)}
     cflags, libs = _pkg_config("--cflags"), _pkg_config("--libs")
     if cflags is not None and libs is not None:
         return Extension(
