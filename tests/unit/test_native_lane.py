@@ -55,6 +55,7 @@ class Target:
             threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
     def _one(self, conn: socket.socket) -> None:
+        ending = "closed"  # every accepted connection records how it ended
         with conn:
             conn.settimeout(3)
             try:
@@ -73,9 +74,13 @@ class Target:
                     if answer is None:
                         time.sleep(3)
                         return
-                self.endings.append("reset" if _reset(conn) else "closed")
+                ending = "reset" if _reset(conn) else "closed"
+            except ConnectionResetError:
+                ending = "reset"
             except OSError:
-                pass
+                ending = "error"
+            finally:
+                self.endings.append(ending)
 
     def close(self) -> None:
         self._stop.set()
@@ -105,13 +110,31 @@ def offload(engine, port: int, request: bytes | None = REQUEST, *, status: int =
                           now + valid_for)
 
 
-def silent_count(engine, lane: int, at_least: int) -> int:
-    total, deadline = 0, time.monotonic() + WAIT
-    while total < at_least and time.monotonic() < deadline:
-        for _lane, counts in engine.fold(lane):
-            total += counts[0]
+def wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.01)
+
+
+def all_reset(target: Target) -> bool:
+    """Every connection the target accepted has ended, each with a reset."""
+    wait_until(lambda: len(target.endings) == target.accepted, "every connection to end")
+    return set(target.endings) == {"reset"}
+
+
+def folds(engine, lane: int, at_least: int) -> list[tuple]:
+    """The lane's folded counts until they add up to `at_least` successes (or WAIT)."""
+    taken: list[tuple] = []
+    deadline = time.monotonic() + WAIT
+    while sum(counts[0] for counts in taken) < at_least and time.monotonic() < deadline:
+        taken.extend(counts for _lane, counts in engine.fold(lane))
         time.sleep(0.02)
-    return total
+    return taken
+
+
+def silent_count(engine, lane: int, at_least: int) -> int:
+    return sum(counts[0] for counts in folds(engine, lane, at_least))
 
 
 def next_report(engine) -> tuple:
@@ -133,8 +156,7 @@ def test_tcp_lane_counts_connects_silently_and_resets_each(engine):
         assert engine.take_reports() == []
         counts = engine.recall(lane)
         assert counts is not None and engine.recall(lane) is None  # gone after a recall
-        time.sleep(0.2)
-        assert target.endings and set(target.endings) == {"reset"}
+        assert all_reset(target)
     finally:
         target.close()
 
@@ -146,8 +168,7 @@ def test_http_lane_counts_the_same_status_and_resets_each(engine):
         assert silent_count(engine, lane, 5) >= 5
         assert engine.take_reports() == []
         engine.recall(lane)
-        time.sleep(0.2)
-        assert set(target.endings) == {"reset"}
+        assert all_reset(target)
     finally:
         target.close()
 
@@ -161,12 +182,13 @@ def test_http_lane_counts_the_same_status_and_resets_each(engine):
 def test_another_answer_hands_the_tick_back(engine, answer):
     target = Target(answer)
     try:
-        before = time.monotonic()
+        before, before_wall = time.monotonic(), time.time()
         lane = offload(engine, target.port)
         report_lane, reason, tick, started_at, duration, counts = next_report(engine)
         assert report_lane == lane and reason == native_lane.DIFFERENT
         assert before <= tick <= time.monotonic()
-        assert abs(started_at - time.time()) < WAIT and 0 <= duration < 1.0
+        assert before_wall <= started_at <= time.time()
+        assert 0 <= duration < 1.0  # under its timeout, or it would be a TIMEOUT
         assert counts[0] == 0  # the first repetition already differed
         assert engine.recall(lane) is None  # handed back: nothing left to recall
     finally:
@@ -188,7 +210,7 @@ def test_no_answer_in_time_is_a_timeout_after_timeout_seconds(engine):
         lane = offload(engine, target.port, timeout=0.3)
         report_lane, reason, _tick, _started, duration, _counts = next_report(engine)
         assert (report_lane, reason) == (lane, native_lane.TIMEOUT)
-        assert 0.29 <= duration < 0.3 + 0.5
+        assert duration >= 0.3  # never before its timeout (how long after: benchmarks)
     finally:
         target.close()
 
@@ -200,7 +222,9 @@ def test_stale_addresses_hand_the_tick_back_with_the_counts(engine):
         report_lane, reason, _tick, started_at, duration, counts = next_report(engine)
         assert (report_lane, reason) == (lane, native_lane.STALE)
         assert started_at == 0.0 and duration == 0.0  # no attempt began for that tick
-        assert counts[0] >= 3  # the successes before it travel with the report
+        # The successes before it travel with the report: every attempt was one (any
+        # other answer would have ended the lane), and none began after.
+        assert counts[0] == target.accepted
     finally:
         target.close()
 
@@ -232,18 +256,22 @@ def test_counts_buckets_and_lateness_add_up(engine):
     target = Target("tcp")
     try:
         engine.lateness(reset=True)
+        before_wall = time.time()
         lane = offload(engine, target.port, None)
-        time.sleep(0.5)
-        (count, buckets, seconds, last_started_at, last_duration), = \
-            [counts for _lane, counts in engine.fold(lane)]
-        assert count >= 5 and sum(buckets) == count and len(buckets) == len(DURATION_BUCKETS) + 1
-        assert 0 < seconds < count * 0.5 and 0 < last_duration < 0.5
-        assert abs(time.time() - last_started_at) < 1.0
-        assert sum(counts[0] for _lane, counts in engine.fold(lane)) <= 1  # taken, reset
+        taken = folds(engine, lane, 5)
+        assert sum(counts[0] for counts in taken) >= 5
+        for count, buckets, seconds, last_started_at, last_duration in taken:
+            assert sum(buckets) == count and len(buckets) == len(DURATION_BUCKETS) + 1
+            # Each success came in under its timeout (1 s), or it would be a TIMEOUT.
+            assert 0 < seconds < count * 1.0 and 0 < last_duration < 1.0
+            assert before_wall <= last_started_at <= time.time()
+        counted = sum(counts[0] for counts in taken) + engine.recall(lane)[0]
+        # Each fold took its successes and started afresh: no success is counted twice,
+        # and at most the one attempt in flight at the recall went uncounted.
+        wait_until(lambda: target.accepted >= counted, "the target to see every attempt")
+        assert counted <= target.accepted <= counted + 1
         width, late = engine.lateness()
-        assert width > 0 and sum(late) >= count
-        # Ticks run on a 5 ms grid: almost all start within a few ms of their time.
-        assert sum(late[: int(0.02 / width)]) >= 0.9 * sum(late)
+        assert width > 0 and sum(late) >= counted  # every attempt's start is in there
     finally:
         target.close()
 
@@ -262,10 +290,12 @@ def test_close_stops_the_thread_with_lanes_running():
     try:
         for _ in range(20):
             offload(lane_engine, target.port, timeout=5.0)
-        time.sleep(0.2)  # attempts in flight, waiting for answers that never come
-        started = time.monotonic()
-        lane_engine.close()
-        assert time.monotonic() - started < 2.0
+        # Attempts in flight, waiting for answers that never come.
+        wait_until(lambda: target.accepted >= 20, "20 attempts in flight")
+        closing = threading.Thread(target=lane_engine.close)
+        closing.start()
+        closing.join(timeout=WAIT)  # the thread answers within one turn: never a hang
+        assert not closing.is_alive()
         with pytest.raises(RuntimeError, match="closed"):
             lane_engine.fold(None)
         lane_engine.close()  # twice is harmless
