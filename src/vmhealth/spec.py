@@ -25,6 +25,8 @@ from vmhealth.spec_rules import (  # noqa: F401 - part of this module's API
     SPEC_FIELDS,
     UNSUPPORTED_HANDLERS,
     SpecError,
+    is_http_header_name,
+    is_http_header_value,
 )
 
 

@@ -71,6 +71,24 @@ UNSUPPORTED_HANDLERS = {
 }
 
 
+# HTTP header names are RFC 7230 tokens: what goes on the wire unchanged. The probe
+# handler (monitor/probes/http.py) asks the same functions, so a name `apply` accepts
+# is one the daemon sends.
+HEADER_NAME_PUNCTUATION = "!#$%&'*+-.^_`|~"
+_TOKEN_CHARS = frozenset(HEADER_NAME_PUNCTUATION + "0123456789abcdefghijklmnopqrstuvwxyz"
+                         "ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def is_http_header_name(name: str) -> bool:
+    """An RFC 7230 token: what an HTTP header name may be on the wire."""
+    return bool(name) and _TOKEN_CHARS.issuperset(name)
+
+
+def is_http_header_value(value: str) -> bool:
+    """No CR, LF or NUL: a value that cannot end its header line or smuggle another."""
+    return not ("\r" in value or "\n" in value or "\x00" in value)
+
+
 class SpecError(ValueError):
     """An invalid spec. `path` is the field (e.g. spec.readinessProbe.httpGet.port)."""
 
@@ -172,10 +190,12 @@ def _check_http_get(data: object, path: str) -> dict:
         item = _expect_mapping(item, item_path)
         _reject_unknown(item, ("name", "value"), item_path)
         name = _str(item.get("name"), f"{item_path}.name")
-        if not all(33 <= ord(ch) <= 126 and ch != ":" for ch in name):
-            raise SpecError(f"{item_path}.name", "must be a valid HTTP header name")
+        if not is_http_header_name(name):
+            raise SpecError(f"{item_path}.name",
+                            f"must be an HTTP header name: letters, digits and "
+                            f"{HEADER_NAME_PUNCTUATION} only (RFC 7230 token), got {name!r}")
         value = _str(item.get("value", ""), f"{item_path}.value", allow_empty=True)
-        if "\r" in value or "\n" in value:
+        if not is_http_header_value(value):
             raise SpecError(f"{item_path}.value", "must not contain line breaks")
         headers.append((name, value))
     # Port, host and scheme are checked after the headers: the order decides which

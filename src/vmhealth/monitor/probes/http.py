@@ -46,8 +46,6 @@ from vmhealth.monitor.probes.dial import Sink, raise_if_host_exhausted
 USER_AGENT = f"vmhealth/{__version__}"
 MAX_REDIRECTS = 10  # kubelet (Go's http.Client): "stopped after 10 redirects"
 DEFAULT_PORTS = {"http": 80, "https": 443}
-_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~0123456789"
-                         "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # Characters kept as they are when a redirect's Location is put on the request line.
 _PATH_SAFE = "/%:@!$&'()*+,;=-._~?"
 
@@ -186,9 +184,9 @@ def _build_request(handler: spec.HttpGet, target: str, default_host: str) -> byt
     if "host" not in given:
         lines.append(f"Host: {default_host}")
     for index, (name, value) in enumerate(handler.http_headers):
-        if not name or not set(name) <= _TOKEN_CHARS:
+        if not spec.is_http_header_name(name):
             raise ValueError(f"httpHeaders[{index}].name is not a valid HTTP header name")
-        if any(ch in value for ch in "\r\n\x00"):
+        if not spec.is_http_header_value(value):
             raise ValueError(f"httpHeaders[{index}].value contains line breaks")
         lines.append(f"{name}: {value}")
     if "user-agent" not in given:
