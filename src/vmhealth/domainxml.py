@@ -267,14 +267,14 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
         return
     records = [record for record in undo if isinstance(record.tag, str)]
     originals = _original_actions(records)
-    restored: set[str | None] = set()
+    restored: set[str] = set()
     devices = root.find("devices")
     # Last change first, as undo goes: <devices> is dropped only after what we added
     # to it is gone.
     for record in reversed(records):
         if devices is None:
             break
-        model = record.get("model")
+        model = record.get("model", "")
         kind = etree.QName(record).localname
         if kind == "added":
             for device in devices.iterfind("watchdog"):
@@ -288,7 +288,7 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
             # restoring every device of its model, was quadratic in the watchdogs.
             restored.add(model)
             for device in devices.iterfind("watchdog"):
-                if device.get("model") == model:
+                if device.get("model", "") == model:
                     _restore_action(device, originals[model])
                     edit.changes.append(f"restored the {model} watchdog's action to "
                                         f"{originals[model] or 'reset'}")
@@ -298,17 +298,17 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
             devices = None
 
 
-def _original_actions(records: list[etree._Element]) -> dict[str | None, str | None]:
+def _original_actions(records: list[etree._Element]) -> dict[str, str | None]:
     """Per model, the action its watchdogs had before vmhealth (None: no attribute).
 
     apply writes one <action> record per changed device; libvirt gives all watchdogs
     of a domain one action, so the records of a model agree. Should they not (a
     hand-edited record), the first one wins, as it did when each record was undone
     in turn, last to first."""
-    originals: dict[str | None, str | None] = {}
+    originals: dict[str, str | None] = {}
     for record in records:
         if etree.QName(record).localname == "action":
-            originals.setdefault(record.get("model"), record.get("original"))
+            originals.setdefault(record.get("model", ""), record.get("original"))
     return originals
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 
 import libvirt
@@ -9,9 +11,25 @@ import pytest
 from lxml import etree
 from tests.golden import check_golden
 
-from vmhealth.domainxml import NAMESPACE, apply_spec, health_element, read_spec, remove_spec
+from vmhealth.domainxml import (
+    NAMESPACE,
+    apply_spec,
+    health_element,
+    is_applied,
+    normalise,
+    read_spec,
+    remove_spec,
+)
 from vmhealth.manifest import load_manifest
-from vmhealth.spec import HealthSpec, Watchdog, WatchdogAction, WatchdogModel, parse_spec
+from vmhealth.metadata import MAX_SPEC_CHARS
+from vmhealth.spec import (
+    HealthSpec,
+    Watchdog,
+    WatchdogAction,
+    WatchdogModel,
+    parse_spec,
+    spec_to_dict,
+)
 from vmhealth.xmlsafe import MAX_XML_BYTES, XmlError
 
 XML_DIR = Path(__file__).resolve().parent.parent / "data" / "xml"
@@ -240,3 +258,171 @@ def test_undo_restores_each_watchdog_once():
     removed = remove_spec(applied.xml)
     assert removed.changes[1:] == ["restored the i6300esb watchdog's action to pause"] * count
     assert canonical(removed.xml) == canonical(source)
+
+
+# ---------------------------------------------------------------------------
+# What mutation testing found unchecked (docs/testing.md)
+# ---------------------------------------------------------------------------
+
+def test_remove_gives_back_the_original_byte_for_byte(case):
+    # Whitespace included (canonical() above ignores it): indentation, tails, an empty
+    # <metadata/> or <devices/> that was there before.
+    _name, source, spec = case
+    assert remove_spec(apply_spec(source, spec).xml).xml == normalise(source)
+
+
+def test_changes_name_every_step_exactly():
+    source = two_watchdogs("shutdown").replace(
+        "<watchdog model='ib700' action='shutdown'/>",
+        "<watchdog model='ib700' action='dump'/>")
+    edit = apply_spec(source, HealthSpec(watchdog=Watchdog(action=WatchdogAction.DUMP)))
+    assert edit.devices_changed is True
+    assert edit.changes == [
+        f"stored the health spec in <metadata> (namespace {NAMESPACE})",
+        "changed the i6300esb watchdog's action from shutdown to dump",
+    ]  # the ib700 already said dump: the loop goes on to the next device
+    removed = remove_spec(edit.xml)
+    assert (removed.changes, removed.devices_changed) == (
+        ["removed the health spec from <metadata>",
+         "restored the i6300esb watchdog's action to shutdown"], True)
+    added = apply_spec(XML_DIR.joinpath("plain-in.xml").read_text(), HealthSpec(
+        watchdog=Watchdog()))
+    assert remove_spec(added.xml).changes[1:] == [
+        "removed the i6300esb watchdog vmhealth had added"]
+    assert remove_spec(added.xml).devices_changed is True
+    probes_only = apply_spec(source, parse_spec({"readinessProbe": {"tcpSocket": {
+        "port": 1}}}))
+    assert probes_only.devices_changed is False
+    assert remove_spec(probes_only.xml).devices_changed is False
+
+
+def test_reset_over_no_attribute_adds_none():
+    edit = apply_spec(two_watchdogs(None), HealthSpec(watchdog=Watchdog()))
+    assert watchdog_actions(edit.xml) == {"ib700": None, "i6300esb": None}
+    assert edit.changes[1:] == []
+    restored = remove_spec(edit.xml)
+    assert restored.changes[1:] == [] and restored.devices_changed is False
+
+
+def test_restoring_no_attribute_twice_is_harmless():
+    # The attribute removed by hand after apply: remove still succeeds.
+    edit = apply_spec(two_watchdogs(None), HealthSpec(watchdog=Watchdog(
+        action=WatchdogAction.PAUSE)))
+    by_hand = edit.xml.replace(' action="pause"', "")
+    assert watchdog_actions(remove_spec(by_hand).xml) == {"ib700": None, "i6300esb": None}
+
+
+def test_a_watchdog_without_a_model_is_restored_too():
+    # libvirt always writes a model; a hand-written definition may not.
+    source = (XML_DIR / "plain-in.xml").read_text().replace(
+        "  </devices>", "    <watchdog action='pause'/>\n  </devices>")
+    edit = apply_spec(source, HealthSpec(watchdog=Watchdog(action=WatchdogAction.NONE)))
+    assert "changed the  watchdog's action from pause to none" in edit.changes[2]
+    assert remove_spec(edit.xml).xml == normalise(source)
+    with pytest.raises(XmlError, match=r"^the domain already has a \? watchdog and this "
+                                       r"libvirt allows only one .* set watchdog.model: \? "
+                                       r"in the spec, or remove that device with `virsh "
+                                       r"edit`$"):
+        apply_spec(source, HealthSpec(watchdog=Watchdog()), allow_multiple_watchdogs=False)
+
+
+def test_remove_without_our_metadata_is_none():
+    assert remove_spec((XML_DIR / "plain-in.xml").read_text()) is None
+
+
+def test_metadata_without_a_spec_element_is_reported():
+    xml = (f'<domain><name>x</name><metadata><v:health xmlns:v="{NAMESPACE}" version="1"/>'
+           "</metadata></domain>")
+    with pytest.raises(XmlError, match="^vmhealth metadata has no <spec> element$"):
+        read_spec(xml)
+    with pytest.raises(XmlError, match="^no vmhealth metadata in the document$"):
+        health_element("<domain><name>x</name></domain>")
+
+
+@pytest.mark.parametrize(("document", "after"), [
+    ("<domain type='test'><name>n</name><memory>1</memory></domain>", "name"),
+    ("<domain type='test'><memory>1</memory></domain>", "memory"),  # appended at the end
+    ("<domain type='test'><name>n</name><title>t</title><memory>1</memory></domain>",
+     "title"),
+])
+def test_new_metadata_goes_where_libvirt_writes_it(document, after):
+    edit = apply_spec(document, parse_spec({"readinessProbe": {"tcpSocket": {"port": 1}}}))
+    root = etree.fromstring(edit.xml.encode())
+    assert root.find("metadata").getprevious().tag == after
+    assert canonical(remove_spec(edit.xml).xml) == canonical(document)
+
+
+def test_metadata_after_a_last_element_keeps_the_closing_indentation():
+    source = "<domain type='test'>\n  <memory>1</memory>\n  <uuid>u</uuid>\n</domain>"
+    xml = apply_spec(source, parse_spec({"readinessProbe": {"tcpSocket": {"port": 1}}})).xml
+    assert xml.endswith("  </metadata>\n</domain>")
+
+
+@pytest.mark.parametrize(("model", "machine", "arch", "refusal"), [
+    ("itco", "pc-q35-8.0", "x86_64", None),
+    ("itco", None, "x86_64", None),  # no machine given: libvirt decides
+    ("itco", "pc-i440fx-7.2", "x86_64",
+     "watchdog model itco needs a q35 machine; this domain's machine is 'pc-i440fx-7.2' "
+     "(use i6300esb)"),
+    ("diag288", "s390-ccw-virtio", "s390x", None),
+    ("diag288", "pc", "x86_64",
+     "watchdog model diag288 exists only on s390x; this domain is x86_64 (use i6300esb)"),
+    ("diag288", "pc", None, None),
+    ("ib700", "pc", "i686", None),
+    ("ib700", "virt", "aarch64",
+     "watchdog model ib700 is an ISA device for x86; this domain is aarch64"),
+    ("i6300esb", "virt", "aarch64", None),
+])
+def test_watchdog_models_fit_the_machine(model, machine, arch, refusal):
+    attributes = "".join(f" {name}='{value}'" for name, value in
+                         (("arch", arch), ("machine", machine)) if value is not None)
+    source = (f"<domain type='test'><name>m</name><os><type{attributes}>hvm</type></os>"
+              "<devices/></domain>")
+    spec = HealthSpec(watchdog=Watchdog(model=WatchdogModel(model)))
+    if refusal is None:
+        assert 'action="reset"' in apply_spec(source, spec).xml
+    else:
+        with pytest.raises(XmlError, match=f"^{re.escape(refusal)}$"):
+            apply_spec(source, spec)
+    # Without <os><type> at all nothing is known, and nothing is refused.
+    assert apply_spec("<domain><name>m</name></domain>", spec).devices_changed
+
+
+def test_a_spec_exactly_at_the_size_bound_is_stored():
+    source = (XML_DIR / "plain-in.xml").read_text()
+
+    def spec_of(length: int):
+        return parse_spec({"livenessProbe": {"exec": {"command": ["x" * length]}}})
+
+    base = len(json.dumps(spec_to_dict(spec_of(1)), sort_keys=True, separators=(",", ":"))) - 1
+    fits = spec_of(MAX_SPEC_CHARS - base)
+    assert read_spec(apply_spec(source, fits).xml) == fits
+    with pytest.raises(XmlError, match=r"^the spec is 65537 characters as JSON, more than "
+                                       r"the 65536 vmhealth stores in a domain's metadata "
+                                       r"\(shorten the exec commands or HTTP headers\)$"):
+        apply_spec(source, spec_of(MAX_SPEC_CHARS - base + 1))
+
+
+@pytest.mark.parametrize("spec", [
+    HealthSpec(watchdog=Watchdog(action=WatchdogAction.PAUSE)),
+    parse_spec({"readinessProbe": {"tcpSocket": {"port": 1}}}),
+])
+def test_is_applied_after_apply_and_not_before(spec):
+    source = two_watchdogs("reset")
+    applied = apply_spec(source, spec).xml
+    assert is_applied(applied, spec)
+    assert not is_applied(source, spec)
+    other = HealthSpec(watchdog=Watchdog(action=WatchdogAction.DUMP))
+    assert not is_applied(applied, other)
+
+
+def test_is_applied_checks_the_devices_too():
+    spec = HealthSpec(watchdog=Watchdog(action=WatchdogAction.PAUSE))
+    applied = apply_spec(two_watchdogs("reset"), spec).xml
+    # The stored spec matches but a device was changed behind vmhealth's back...
+    assert not is_applied(applied.replace('<watchdog model="ib700" action="pause"/>',
+                                          '<watchdog model="ib700" action="reset"/>'), spec)
+    # ...or the spec's model is gone.
+    assert not is_applied(applied.replace('model="i6300esb" action="pause"',
+                                          'model="ib700" action="pause"'), spec)
+    assert not is_applied(applied.replace("version=\"1\"", "version=\"7\""), spec)

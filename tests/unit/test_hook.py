@@ -500,7 +500,8 @@ code = main(["h", "web1", {op!r}, "begin", "-"], io.BytesIO(sys.stdin.buffer.rea
             io.BytesIO(), io.StringIO(), spool_dir={spool!r}, config_dir={config!r})
 heavy = sorted(m for m in sys.modules if m.split(".")[0] in
                ("lxml", "json", "dataclasses", "click", "yaml", "libvirt", "inspect",
-                "typing", "re", "enum") or m in ("vmhealth.spec", "vmhealth.domainxml"))
+                "typing", "re", "enum", "os", "xml") or m in ("vmhealth.spec",
+                                                             "vmhealth.domainxml"))
 print(code, heavy)
 """
 
@@ -514,11 +515,14 @@ print(code, heavy)
     ("release", PLAIN, False),
     ("restore", PLAIN, False),
     ("restore", (DATA / "restore-action-changed-in.xml").read_text(), False),
+    ("restore", WITH_SPEC, True),  # with a persistent definition to find and read
 ])
 def test_the_hot_path_imports_nothing_heavy(tmp_path, op, xml, cached):
     spool_path = str(tmp_path / "spool")
     if cached:
         run_hook(Path(spool_path), "prepare", xml)
+        (tmp_path / "qemu").mkdir()
+        (tmp_path / "qemu" / "web1.xml").write_text(xml)
     probe = IMPORT_PROBE.format(src=str(Path(vmhealth.__file__).parents[1]), op=op,
                                 spool=spool_path, config=str(tmp_path / "qemu"))
     done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], input=xml.encode(),

@@ -12,6 +12,7 @@ poweroff with two watchdogs does not.
 from __future__ import annotations
 
 import io
+import re
 
 import pytest
 
@@ -177,3 +178,38 @@ def test_the_hook_aligns_50000_watchdogs_within_its_time_limit(tmp_path):
     # One line per watchdog up to a bound, then a count: libvirt's log stays short.
     assert len(lines) == hook_main.MAX_REPORTED_CHANGES + 1
     assert lines[-1] == "vmhealth: restore: and 49990 more watchdogs: action -> reset"
+
+
+# ---------------------------------------------------------------------------
+# What mutation testing found unchecked (docs/testing.md)
+# ---------------------------------------------------------------------------
+
+def test_every_change_is_named_with_its_model():
+    tags = [SHAPES[0][0].format("pause"), "<watchdog action='dump'/>"]
+    before = document(tags)
+    assert align(before, scan(before), "i6300esb", "none").changes == (
+        "watchdog ib700: action pause -> none", "watchdog (no model): action dump -> none")
+
+
+def test_splice_at_the_start_and_with_adjacent_spans():
+    assert splice(b"0123", [(0, 1, b"a"), (1, 2, b"b"), (2, 2, b"+")]) == b"ab+23"
+
+
+def test_an_empty_attribute_value_before_the_action():
+    before = document(["<watchdog note='' model=\"ib700\" alias='' action='pause'/>"])
+    after = align(before, scan(before), "i6300esb", "inject-nmi").xml
+    assert after == before.replace(b"'pause'", b"'inject-nmi'")
+
+
+@pytest.mark.parametrize(("data", "offset", "message"), [
+    (b"<domain><watchdog/></domain>", 0, "no <watchdog> start tag at byte 0"),
+    (b"<watchdog a=b/>", 0, "unexpected byte b'b' in a <watchdog> tag"),
+    (b"<watchdog a='b", 0, "unreadable <watchdog> tag at byte 0"),
+    (b"<watchdog a", 0, "unreadable <watchdog> tag at byte 0"),
+])
+def test_tags_the_filter_cannot_read_are_named(data, offset, message):
+    # Never from a document expat accepted; the filter still refuses rather than guess.
+    facts = scan(b"<domain><devices><watchdog/></devices></domain>")
+    facts.watchdogs[0].offset = offset
+    with pytest.raises(ScanError, match=f"^{re.escape(message)}$"):
+        align(data, facts, "i6300esb", "pause")

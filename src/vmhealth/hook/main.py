@@ -52,14 +52,14 @@ class Invocation:
     """One run of the hook: its input and the streams to answer on."""
 
     def __init__(self, domain: str, operation: str, data: bytes, stdout, stderr,
-                 spool_dir: str, config_dir: str) -> None:
+                 spool_dir: str, config_dir: str | None) -> None:
         self.domain = domain
         self.operation = operation
         self.data = data
         self.stdout = stdout
         self.stderr = stderr
         self.spool_dir = spool_dir
-        self.config_dir = config_dir  # libvirt's persistent definitions
+        self.config_dir = config_dir  # libvirt's persistent definitions (None: default)
 
     @property
     def has_namespace(self) -> bool:
@@ -104,7 +104,7 @@ def prepare(run: Invocation) -> int:
     if uuid is not None and validate.is_known_valid(run.spool_dir, uuid, facts):
         return EXIT_OK
     try:
-        validate.full_check(run.data)
+        validate.full_check(run.data, facts)
     except validate.InvalidSpec as exc:
         name = run.domain if run.domain.isprintable() else "DOMAIN"
         run.say(f"domain {run.shown_domain()} not started: its health spec is invalid: "
@@ -148,9 +148,9 @@ def align_watchdog(run: Invocation) -> int:
     uuid = canonical_uuid(facts)
     # The operator's current intent: the persistent definition's spec (changed by
     # `vmhealth apply` after a save, say); the incoming XML's when there is none.
-    source = persistent.definition(uuid, run.config_dir) or run.data
+    source = persistent.definition(uuid, persistent.config_dir(run.config_dir))
     try:
-        spec = validate.full_check(source)
+        spec = validate.full_check(*(source or (run.data, facts)))
     except validate.InvalidSpec as exc:
         run.say(f"{run.operation}: watchdog left as it is, the health spec is invalid: {exc}")
         return EXIT_OK
@@ -208,13 +208,13 @@ OPERATIONS = {
 # ---------------------------------------------------------------------------
 
 def main(argv: list[str], stdin, stdout, stderr, *, spool_dir: str | None = None,
-         config_dir: str = "/etc/libvirt/qemu",
+         config_dir: str | None = None,
          time_limit: float = TIME_LIMIT_SECONDS) -> int:
     """Run the hook. Streams may be text (io.StringIO in tests) or binary (libvirt).
 
     `spool_dir` overrides the spool directory and `config_dir` libvirt's directory of
     persistent definitions (both for tests); otherwise spool.spool_dir() and
-    /etc/libvirt/qemu.
+    persistent.config_dir() (/etc/libvirt/qemu).
     """
     if len(argv) < 3:
         stderr.write("usage: vmhealth-hook DOMAIN OPERATION SUB-OPERATION EXTRA "

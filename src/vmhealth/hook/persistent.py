@@ -14,41 +14,48 @@ no such file: the caller then uses the XML it was given.
 
 from __future__ import annotations
 
-import os
+import posix  # not os: see vmhealth.hook.spool
 
-from vmhealth.hook.scan import ScanError, scan
+from vmhealth.hook.scan import DomainFacts, ScanError, scan
+from vmhealth.hook.spool import environment, read_file
 
 DEFAULT_CONFIG_DIR = "/etc/libvirt/qemu"
+# For tests and benchmarks only, like VMHEALTH_SPOOL_DIR: libvirt clears the
+# environment of hooks, so in production DEFAULT_CONFIG_DIR is read.
+CONFIG_DIR_ENV = "VMHEALTH_LIBVIRT_CONFIG_DIR"
 # A config file larger than this is not one libvirt wrote for a domain.
 _MAX_CONFIG_BYTES = 10 * 1024 * 1024
 
 
-def definition(uuid: str, config_dir: str = DEFAULT_CONFIG_DIR) -> bytes | None:
-    """The persistent XML of the domain with this (canonical) uuid, or None."""
+def config_dir(explicit: str | None = None, environ: dict[str, str] | None = None) -> str:
+    """Where libvirt keeps persistent definitions: `explicit`, else the environment's
+    override (tests, benchmarks), else /etc/libvirt/qemu."""
+    if explicit:
+        return explicit
+    return environment(CONFIG_DIR_ENV, environ) or DEFAULT_CONFIG_DIR
+
+
+def definition(uuid: str, directory: str = DEFAULT_CONFIG_DIR
+               ) -> tuple[bytes, DomainFacts] | None:
+    """The persistent XML of the domain with this (canonical) uuid and what scan()
+    found in it (so that it is read once), or None."""
     needle = f"<uuid>{uuid}</uuid>".encode("ascii")
     try:
-        entries = list(os.scandir(config_dir))
+        with posix.scandir(directory) as scanning:
+            entries = list(scanning)
     except OSError:
         return None
     for entry in entries:
         if not entry.name.endswith(".xml") or not entry.is_file(follow_symlinks=False):
             continue
-        data = _read(entry.path)
+        data = read_file(entry.path, _MAX_CONFIG_BYTES)
         if data is None or needle not in data:
             continue
         try:
-            if scan(data).uuid == uuid:
-                return data
+            facts = scan(data)
         except ScanError:
             continue
+        if facts.uuid == uuid:
+            return data, facts
     return None
 
-
-def _read(path: str) -> bytes | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return None
-    with os.fdopen(fd, "rb") as source:
-        data = source.read(_MAX_CONFIG_BYTES + 1)
-    return data if len(data) <= _MAX_CONFIG_BYTES else None

@@ -12,7 +12,9 @@ things.
 
 from __future__ import annotations
 
-from xml.parsers import expat
+# pyexpat is what xml.parsers.expat re-exports; importing it directly skips the xml
+# and xml.parsers packages (0.2 ms of every hook run).
+import pyexpat as expat
 
 # vmhealth.metadata is standard library only (domainxml would pull in lxml).
 from vmhealth.metadata import MAX_DOMAIN_XML_BYTES as MAX_XML_BYTES

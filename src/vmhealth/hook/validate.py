@@ -38,14 +38,15 @@ class InvalidSpec(ValueError):
     """The domain's vmhealth metadata is broken; str() names the field and the fix."""
 
 
-def full_check(data: bytes) -> dict | None:
+def full_check(data: bytes, facts: DomainFacts | None = None) -> dict | None:
     """Return the spec in `data` as vmhealth.spec_rules.check_spec returns it (plain,
-    checked data; None if there is no vmhealth metadata), or raise InvalidSpec."""
+    checked data; None if there is no vmhealth metadata), or raise InvalidSpec.
+    `facts`: what scan(data) found, when the caller has it already."""
     from vmhealth.metadata import MetadataError, checked_spec_data_from_metadata
     from vmhealth.spec_rules import SpecError
 
     try:
-        facts = scan(data)
+        facts = scan(data) if facts is None else facts
     except ScanError as exc:
         raise InvalidSpec(str(exc)) from None
     if facts.health_version is None:

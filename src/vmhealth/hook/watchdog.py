@@ -73,7 +73,7 @@ def _action_span(data: bytes, offset: int, action: str) -> tuple[int, int, bytes
     """The edit that gives the start tag at `offset` action=`action`: (start, stop,
     replacement) in `data`. Reads that one tag only."""
     value = action.encode("ascii")
-    attributes, _end = _attributes(data, offset)
+    attributes = _attributes(data, offset)
     for name, start, stop, _quote in attributes:
         if name == b"action":
             return start, stop, value
@@ -93,9 +93,9 @@ def _skip_space(data: bytes, position: int) -> int:
     return position
 
 
-def _attributes(data: bytes, offset: int) -> tuple[list[tuple[bytes, int, int, bytes]], int]:
+def _attributes(data: bytes, offset: int) -> list[tuple[bytes, int, int, bytes]]:
     """(name, value start, value end, quote) of each attribute of the start tag at
-    `offset`, and the index of its closing '>'.
+    `offset`.
 
     expat has already checked the document is well-formed, so the tag is
     `<name (S attr S? = S? quoted-value)* S? /?>`; any surprise is a ScanError.
@@ -108,7 +108,7 @@ def _attributes(data: bytes, offset: int) -> tuple[list[tuple[bytes, int, int, b
         while True:
             position = _skip_space(data, position)
             if data[position:position + 1] in (b"/", b">"):
-                return found, data.index(b">", position)
+                return found
             equals = data.index(b"=", position)
             name = data[position:equals].strip(_SPACE)
             position = _skip_space(data, equals + 1)
