@@ -267,14 +267,14 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
         return
     records = [record for record in undo if isinstance(record.tag, str)]
     originals = _original_actions(records)
-    restored: set[str] = set()
+    restored: set[str | None] = set()
     devices = root.find("devices")
     # Last change first, as undo goes: <devices> is dropped only after what we added
     # to it is gone.
     for record in reversed(records):
         if devices is None:
             break
-        model = record.get("model", "")
+        model = record.get("model")  # apply writes one on every record, "" included
         kind = etree.QName(record).localname
         if kind == "added":
             for device in devices.iterfind("watchdog"):
@@ -298,17 +298,17 @@ def _undo_changes(root: etree._Element, health: etree._Element, edit: Edit) -> N
             devices = None
 
 
-def _original_actions(records: list[etree._Element]) -> dict[str, str | None]:
+def _original_actions(records: list[etree._Element]) -> dict[str | None, str | None]:
     """Per model, the action its watchdogs had before vmhealth (None: no attribute).
 
     apply writes one <action> record per changed device; libvirt gives all watchdogs
     of a domain one action, so the records of a model agree. Should they not (a
     hand-edited record), the first one wins, as it did when each record was undone
     in turn, last to first."""
-    originals: dict[str, str | None] = {}
+    originals: dict[str | None, str | None] = {}
     for record in records:
         if etree.QName(record).localname == "action":
-            originals.setdefault(record.get("model", ""), record.get("original"))
+            originals.setdefault(record.get("model"), record.get("original"))
     return originals
 
 
@@ -342,19 +342,18 @@ def _strip(root: etree._Element, edit: Edit) -> bool:
 def _create_metadata(root: etree._Element) -> etree._Element:
     """Add an empty <metadata> where libvirt itself writes it: after name/uuid/title."""
     metadata = etree.Element("metadata")
-    anchor = None
-    for tag in ("description", "title", "uuid", "name"):
-        anchor = root.find(tag)
-        if anchor is not None:
-            break
+    anchor = next((found for found in map(root.find, ("description", "title", "uuid", "name"))
+                   if found is not None), None)
     if anchor is None:
         _append(root, metadata)
         return metadata
     child_indent, _closing = _indent_of(root)
     original_tail = anchor.tail
-    anchor.addnext(metadata)  # lxml moves anchor's tail behind the new element
+    anchor.addnext(metadata)
     anchor.tail = child_indent
-    metadata.tail = original_tail if (original_tail or "").strip() == "" else child_indent
+    # What followed the anchor (indentation, or text in a hand-written document) now
+    # follows the new element, so that remove gives it back exactly.
+    metadata.tail = original_tail
     return metadata
 
 

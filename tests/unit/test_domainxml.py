@@ -18,6 +18,7 @@ from vmhealth.domainxml import (
     is_applied,
     normalise,
     read_spec,
+    read_spec_data_from_root,
     remove_spec,
 )
 from vmhealth.manifest import load_manifest
@@ -426,3 +427,75 @@ def test_is_applied_checks_the_devices_too():
     assert not is_applied(applied.replace('model="i6300esb" action="pause"',
                                           'model="ib700" action="pause"'), spec)
     assert not is_applied(applied.replace("version=\"1\"", "version=\"7\""), spec)
+
+
+def test_remove_after_the_definition_lost_its_whitespace():
+    # Another tool (or libvirt) reformatted the definition without whitespace.
+    source = (XML_DIR / "plain-in.xml").read_text()
+    applied = apply_spec(source, load_manifest(XML_DIR / "plain.spec.yaml").spec).xml
+    compact = etree.tostring(etree.fromstring(
+        applied.encode(), etree.XMLParser(remove_blank_text=True))).decode()
+    assert canonical(remove_spec(compact).xml) == canonical(source)
+
+
+def test_remove_keeps_the_indentation_of_metadata_added_after_ours():
+    source = (XML_DIR / "plain-in.xml").read_text()
+    applied = apply_spec(source, load_manifest(XML_DIR / "plain.spec.yaml").spec).xml
+    later = applied.replace("    </vmhealth:health>\n", "    </vmhealth:health>\n    <app:owner "
+                            'xmlns:app="https://example.org/app/1">ops</app:owner>\n')
+    assert '  <metadata>\n    <app:owner xmlns:app="https://example.org/app/1">ops' \
+           "</app:owner>\n  </metadata>\n" in remove_spec(later).xml
+
+
+@pytest.mark.parametrize(("indent", "level"), [("", ""), ("\t", "\n"), ("    ", "\n")])
+def test_a_new_watchdog_follows_the_devices_indentation(indent, level):
+    inner, outer = f"{level}{indent * 2}", f"{level}{indent}"
+    source = (f"<domain type='test'>{outer}<name>n</name>{outer}<devices>{inner}<disk "
+              f"type='file'/>{outer}</devices>{level}</domain>")
+    xml = apply_spec(source, HealthSpec(watchdog=Watchdog())).xml
+    if indent:
+        expected = (f'<disk type="file"/>{inner}<watchdog model="i6300esb" action="reset"/>'
+                    f"{outer}</devices>")
+    else:  # none of its own: libvirt's two spaces a level
+        expected = ('<disk type="file"/>\n    <watchdog model="i6300esb" action="reset"/>\n'
+                    "  </devices>")
+    assert expected in xml
+    removed = remove_spec(xml).xml
+    # Byte for byte where the document is indented; a compact one keeps the newline
+    # written before the removed watchdog (remove restores content, not the absence
+    # of whitespace).
+    assert removed == normalise(source) if indent else canonical(removed) == canonical(source)
+
+
+def test_text_after_the_anchor_survives_apply_and_remove():
+    source = "<domain type='test'><name>n</name>kept<memory>1</memory></domain>"
+    xml = apply_spec(source, parse_spec({"readinessProbe": {"tcpSocket": {"port": 1}}})).xml
+    assert "</metadata>kept<memory>" in xml
+    assert remove_spec(xml).xml == normalise(source)
+
+
+def test_removing_a_no_attribute_original_is_reported_as_reset():
+    edit = apply_spec(two_watchdogs(None), HealthSpec(watchdog=Watchdog(
+        action=WatchdogAction.POWEROFF)))
+    assert remove_spec(edit.xml).changes[1:] == [  # last change first
+        "restored the i6300esb watchdog's action to reset",
+        "restored the ib700 watchdog's action to reset"]
+
+
+def test_is_applied_reads_no_attribute_as_reset():
+    spec = HealthSpec(watchdog=Watchdog())
+    applied = apply_spec(two_watchdogs(None), spec).xml
+    assert 'action="reset"' not in applied
+    assert is_applied(applied, spec)
+
+
+def test_the_stored_data_reads_back_unvalidated():
+    source = (XML_DIR / "plain-in.xml").read_text()
+    assert read_spec_data_from_root(etree.fromstring(source.encode())) is None
+    applied = apply_spec(source, load_manifest(XML_DIR / "plain.spec.yaml").spec).xml
+    broken = applied.replace('"port":22', '"port":0')
+    data = read_spec_data_from_root(etree.fromstring(broken.encode()))
+    assert data["livenessProbe"]["tcpSocket"] == {"port": 0}
+    with pytest.raises(XmlError, match="version '7'"):
+        read_spec_data_from_root(etree.fromstring(broken.replace(
+            'version="1"', 'version="7"').encode()))

@@ -237,3 +237,18 @@ def test_the_spool_directory_comes_from_the_environment_for_tests_only():
     assert spool.spool_dir(None, {}) == "/run/vmhealth/domains"
     assert spool.spool_dir(None, {spool.SPOOL_DIR_ENV: "/tmp/s"}) == "/tmp/s"
     assert spool.environment("VMHEALTH_SURELY_UNSET_VARIABLE") is None
+
+
+@pytest.mark.parametrize(("op", "persistent_definition"), [
+    ("prepare", False), ("restore", False), ("restore", True)])
+def test_each_document_is_parsed_once(tmp_path, monkeypatch, op, persistent_definition):
+    # A second parse of the same XML was a tenth of the first check's cost.
+    if persistent_definition:
+        (tmp_path / "qemu").mkdir()
+        (tmp_path / "qemu" / "web1.xml").write_text(WITH_SPEC)
+    again = []
+    monkeypatch.setattr(validate, "scan", lambda data: again.append(data))
+    code, _out, err = hook(tmp_path, ["vmhealth", "web1", op, "begin", "-"],
+                           with_watchdogs(1))
+    assert (code, again) == (0, [])
+    assert "internal error" not in err
