@@ -38,6 +38,11 @@ from vmhealth.monitor import coarse_timers
 from vmhealth.monitor.probes import sockets
 
 _READ_SIZE = 64 * 1024
+# What one callback reads at most before the event loop gets a turn; the rest is read
+# on the next turn. A guest that sends faster than the host parses would otherwise
+# hold the loop - and every other probe, and this probe's own deadline - for as long
+# as it keeps the socket full. A probe answer's head and body fit in one slice.
+_READ_SLICE = 64 * 1024
 _CONNECTING = (errno.EINPROGRESS, errno.EAGAIN, errno.EALREADY)
 _BROKEN = select.EPOLLERR | select.EPOLLHUP
 _ANSWER = select.EPOLLIN | select.EPOLLRDHUP | _BROKEN
@@ -94,7 +99,8 @@ def _literal_family(host: str) -> int:
 class Dial:
     """One connection attempt, reporting to `on_end`. Always gives its socket back."""
 
-    __slots__ = ("_sockets", "_family", "_sock", "_request", "_sink", "_answering", "_on_end")
+    __slots__ = ("_sockets", "_family", "_sock", "_request", "_sink", "_answering", "_on_end",
+                 "_deadline")
 
     def __init__(self, loop: asyncio.AbstractEventLoop, family: int, address: tuple,
                  deadline: float, on_end: Callable[[BaseException | None], None],
@@ -104,6 +110,7 @@ class Dial:
         self._answering = False  # connected, request sent: reading the answer
         self._on_end: Callable[[BaseException | None], None] | None = on_end
         self._family = family
+        self._deadline = deadline
         self._sockets = sockets.for_loop(loop)
         try:
             self._sock: socket.socket | None = self._sockets.take(family, self._on_event)
@@ -155,7 +162,17 @@ class Dial:
         self._answering = True
 
     def _read(self) -> None:
-        while self._sock is not None:  # edge-triggered: read until EAGAIN or the end
+        # Edge-triggered: read until EAGAIN or the end, in slices (see _READ_SLICE), with
+        # the deadline checked between reads (its timer cannot run while this does).
+        left, clock = _READ_SLICE, self._sockets.loop.time
+        while self._sock is not None:
+            if clock() >= self._deadline:
+                self._end(TimeoutError())
+                return
+            if left <= 0:
+                # Data may be left unread, and epoll will not report it again: come back.
+                self._sockets.loop.call_soon(self._read_rest)
+                return
             try:
                 data = self._sock.recv(_READ_SIZE)
             except (BlockingIOError, InterruptedError):
@@ -166,6 +183,7 @@ class Dial:
             if not data:
                 self._end_of_stream(None)
                 return
+            left -= len(data)
             try:
                 finished = self._sink.feed(data)
             except Exception as exc:  # noqa: BLE001 - the sink's verdict on the answer
@@ -174,6 +192,10 @@ class Dial:
             if finished:
                 self._end(None)
                 return
+
+    def _read_rest(self) -> None:
+        if self._sock is not None:  # not ended (nor its socket given back) meanwhile
+            self._read()
 
     def _end_of_stream(self, error: OSError | None) -> None:
         try:
