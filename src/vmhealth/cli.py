@@ -115,9 +115,12 @@ def main(ctx: click.Context, uri: str | None) -> None:
 
 def _load(source: str, domain: str):
     try:
-        return load_manifest(source, domain_name=domain).spec
+        loaded = load_manifest(source, domain_name=domain)
     except (ManifestError, SpecError) as exc:
         raise UsageFailure(f"invalid spec: {exc}") from None
+    for warning in loaded.warnings:  # accepted, as Kubernetes accepts it, but worth a word
+        echo(f"{domain}: warning: {warning}", err=True)
+    return loaded.spec
 
 
 def _diff(before: str, after: str, name: str) -> str:

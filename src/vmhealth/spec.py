@@ -25,52 +25,67 @@ from vmhealth.spec_rules import (  # noqa: F401 - part of this module's API
     SPEC_FIELDS,
     UNSUPPORTED_HANDLERS,
     SpecError,
+    SpecWarning,
     is_http_header_name,
     is_http_header_value,
 )
 
 
-class Scheme(str, enum.Enum):
-    HTTP = "HTTP"
-    HTTPS = "HTTPS"
+def _member_name(value: str) -> str:
+    """The enum member name for an allowed value: inject-nmi -> INJECT_NMI,
+    RerunOnFailure -> RERUN_ON_FAILURE, HTTPS -> HTTPS."""
+    out = []
+    for index, ch in enumerate(value):
+        if ch.isupper() and index and value[index - 1].islower():
+            out.append("_")
+        out.append("_" if ch == "-" else ch.upper())
+    return "".join(out)
 
 
-class WatchdogModel(str, enum.Enum):
-    I6300ESB = "i6300esb"
-    IB700 = "ib700"
-    DIAG288 = "diag288"
-    ITCO = "itco"
+def _values_enum(base: type[enum.Enum], name: str, values: tuple[str, ...],
+                 member_name=_member_name):
+    """A str enum of `values`, which vmhealth.spec_rules holds: the allowed values
+    are written once, there (the hook cannot afford enum)."""
+    return base(name, [(member_name(value), value) for value in values],
+                module=__name__, qualname=name)
 
 
-class WatchdogAction(str, enum.Enum):
-    """Every action libvirt's <watchdog action=...> accepts."""
-
-    RESET = "reset"
-    SHUTDOWN = "shutdown"
-    POWEROFF = "poweroff"
-    PAUSE = "pause"
-    NONE = "none"
-    DUMP = "dump"
-    INJECT_NMI = "inject-nmi"
+class _StrEnum(str, enum.Enum):
+    pass
 
 
-class LivenessAction(str, enum.Enum):
-    """What the daemon does once liveness crosses its failure threshold."""
-
-    RESTART = "restart"  # graceful shutdown for the grace period, destroy, start again
-    RESET = "reset"  # hard reset of the running domain
-    POWEROFF = "poweroff"  # destroy and leave it off
-    NONE = "none"  # report only
-
-
-class ProbeKind(str, enum.Enum):
-    LIVENESS = "livenessProbe"
-    READINESS = "readinessProbe"
-    STARTUP = "startupProbe"
-
+class _ProbeKindBase(str, enum.Enum):
     @property
     def short(self) -> str:
         return self.value[: -len("Probe")]
+
+
+class _RunStrategyBase(str, enum.Enum):
+    """What happens when a domain stops without an operator asking (README, Run
+    strategies); the meaning is spec_rules.RUN_STRATEGY_RESTARTS'."""
+
+    @property
+    def restarts_after_failure(self) -> bool:
+        """Start it again after a crash, a watchdog action or a liveness action."""
+        return _rules.RUN_STRATEGY_RESTARTS[self.value][0]
+
+    @property
+    def restarts_after_guest_shutdown(self) -> bool:
+        """Start it again after a clean shutdown from inside the guest."""
+        return _rules.RUN_STRATEGY_RESTARTS[self.value][1]
+
+
+Scheme = _values_enum(_StrEnum, "Scheme", _rules.SCHEMES)
+WatchdogModel = _values_enum(_StrEnum, "WatchdogModel", _rules.WATCHDOG_MODELS)
+# Every action libvirt's <watchdog action=...> accepts.
+WatchdogAction = _values_enum(_StrEnum, "WatchdogAction", _rules.WATCHDOG_ACTIONS)
+# What the daemon does once liveness crosses its failure threshold (spec_rules says
+# what each means).
+LivenessAction = _values_enum(_StrEnum, "LivenessAction", _rules.LIVENESS_ACTIONS)
+# LIVENESS, READINESS, STARTUP
+ProbeKind = _values_enum(_ProbeKindBase, "ProbeKind", _rules.PROBE_KINDS,
+                         lambda value: _member_name(value[: -len("Probe")]))
+RunStrategy = _values_enum(_RunStrategyBase, "RunStrategy", _rules.RUN_STRATEGIES)
 
 
 @dataclass(frozen=True)
@@ -134,7 +149,11 @@ class HealthSpec:
     startup_probe: Probe | None = None
     watchdog: Watchdog | None = None
     termination_grace_period_seconds: int = DEFAULT_GRACE_PERIOD_SECONDS
-    on_liveness_failure: LivenessAction = LivenessAction.RESTART
+    on_liveness_failure: LivenessAction = LivenessAction(_rules.DEFAULT_LIVENESS_ACTION)
+    run_strategy: RunStrategy = RunStrategy(_rules.DEFAULT_RUN_STRATEGY)
+    # KubeVirt's kubevirt.io/pause-guest-agent-probes: guestAgentPing probes succeed
+    # without asking the agent (README, "Pausing guest-agent pings").
+    guest_agent_ping_paused: bool = False
     # cloud-init user data carried by a KubeVirt manifest, kept for `vmhealth cloudinit`.
     user_data: str | None = None
 
@@ -203,6 +222,8 @@ def spec_from_checked(checked: dict[str, Any]) -> HealthSpec:
         watchdog=watchdog_from_checked(watchdog) if watchdog is not None else None,
         termination_grace_period_seconds=checked["termination_grace_period_seconds"],
         on_liveness_failure=LivenessAction(checked["on_liveness_failure"]),
+        run_strategy=RunStrategy(checked["run_strategy"]),
+        guest_agent_ping_paused=checked["guest_agent_ping_paused"],
         user_data=checked["user_data"],
     )
 
@@ -215,9 +236,13 @@ def parse_watchdog(data: Any, path: str) -> Watchdog:
     return watchdog_from_checked(_rules.check_watchdog(data, path))
 
 
-def parse_spec(data: Any, path: str = "spec") -> HealthSpec:
-    """Build a HealthSpec from its serialised (camelCase) form, validating everything."""
-    return spec_from_checked(_rules.check_spec(data, path))
+def parse_spec(data: Any, path: str = "spec", *, named_ports: dict | None = None,
+               warnings: list[SpecWarning] | None = None) -> HealthSpec:
+    """Build a HealthSpec from its serialised (camelCase) form, validating everything.
+
+    `named_ports`, `warnings`: as vmhealth.spec_rules.check_spec takes them."""
+    return spec_from_checked(_rules.check_spec(data, path, named_ports=named_ports,
+                                               warnings=warnings))
 
 
 # ---------------------------------------------------------------------------
@@ -266,6 +291,8 @@ def spec_to_dict(spec: HealthSpec) -> dict[str, Any]:
                            "action": spec.watchdog.action.value}
     out["terminationGracePeriodSeconds"] = spec.termination_grace_period_seconds
     out["onLivenessFailure"] = spec.on_liveness_failure.value
+    out["runStrategy"] = spec.run_strategy.value
+    out["guestAgentPingPaused"] = spec.guest_agent_ping_paused
     if spec.user_data is not None:
         out["userData"] = spec.user_data
     return out

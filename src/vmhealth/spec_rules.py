@@ -17,9 +17,17 @@ filled in:
     {"liveness_probe": probe or None, "readiness_probe": ..., "startup_probe": ...,
      "watchdog": {"name", "model", "action"} or None,
      "termination_grace_period_seconds": int, "on_liveness_failure": str,
-     "user_data": str or None}
+     "run_strategy": str, "guest_agent_ping_paused": bool, "user_data": str or None}
     probe: {"handler": (handler field name, {its fields}), "initial_delay_seconds": int,
             ..., "termination_grace_period_seconds": int or None}
+
+Two things besides the data may be handed to check_spec (both optional, so the hook
+and the daemon, which read a stored spec, pass neither):
+- `named_ports`: {name: (port, where it is declared)} from a KubeVirt manifest's
+  spec.domain.devices.interfaces[].ports[], through which httpGet/tcpSocket ports
+  given by name resolve, as KubeVirt resolves them (the stored spec holds the number);
+- `warnings`: a list that collects SpecWarning for what is accepted, as Kubernetes
+  accepts it, but deserves a word to the operator (`vmhealth apply` prints them).
 """
 
 from __future__ import annotations
@@ -32,11 +40,41 @@ SCHEMES = ("HTTP", "HTTPS")
 WATCHDOG_MODELS = ("i6300esb", "ib700", "diag288", "itco")
 # Every action libvirt's <watchdog action=...> accepts.
 WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "inject-nmi")
+# What the daemon does once liveness crosses its failure threshold:
+#   restart   graceful shutdown for the grace period, destroy, start again
+#   reset     hard reset of the running domain
+#   poweroff  destroy and leave it off (runStrategy may start it again)
+#   none      report only
 LIVENESS_ACTIONS = ("restart", "reset", "poweroff", "none")
+DEFAULT_LIVENESS_ACTION = "restart"
 # The order in which a spec's probes are checked (and so which error is reported first).
 PROBE_KINDS = ("livenessProbe", "readinessProbe", "startupProbe")
 READINESS = "readinessProbe"
 HANDLERS = ("httpGet", "tcpSocket", "exec", "guestAgentPing")
+
+# KubeVirt's VirtualMachine run strategies (staging/src/kubevirt.io/api/core/v1/
+# types.go, VirtualMachineRunStrategy) and what each means when a domain stops
+# without an operator asking (README, "Run strategies"): (start it again after a
+# failure, start it again after the guest shut itself down). A failure: the domain
+# crashed, or stopped by a watchdog action or a liveness action; KubeVirt calls that
+# run Failed, and a clean shutdown from inside the guest Succeeded
+# (pkg/virt-handler/vm.go), which RerunOnFailure does not start again
+# (pkg/virt-controller/watch/vm/vm.go).
+RUN_STRATEGY_RESTARTS = {
+    "Always": (True, True),
+    "RerunOnFailure": (True, False),
+    "Manual": (False, False),
+    "Halted": (False, False),
+    "Once": (False, False),
+}
+RUN_STRATEGIES = tuple(RUN_STRATEGY_RESTARTS)
+# Nothing is started again: what vmhealth did before it read run strategies.
+DEFAULT_RUN_STRATEGY = "Manual"
+# KubeVirt run strategies with no meaning on plain libvirt, with the reason.
+UNSUPPORTED_RUN_STRATEGIES = {
+    "WaitAsReceiver": "waits for a KubeVirt decentralized live migration, which plain "
+                      "libvirt has no counterpart of",
+}
 
 SPEC_FIELDS = (
     "livenessProbe",
@@ -45,6 +83,8 @@ SPEC_FIELDS = (
     "watchdog",
     "terminationGracePeriodSeconds",
     "onLivenessFailure",
+    "runStrategy",
+    "guestAgentPingPaused",
     "userData",
 )
 PROBE_TIMING_FIELDS = {
@@ -56,6 +96,13 @@ PROBE_TIMING_FIELDS = {
     "failureThreshold": ("failure_threshold", 1),
     "terminationGracePeriodSeconds": ("termination_grace_period_seconds", 0),
 }
+# Fields where 0 means the default: Kubernetes' SetDefaults_Probe
+# (pkg/apis/core/v1/defaults.go) replaces 0 by the default in exactly these four, and
+# KubeVirt's (staging/src/kubevirt.io/api/core/v1/defaults.go) does the same (it also
+# turns negative values into the default, where Kubernetes refuses them: so do we).
+# initialDelaySeconds' default is 0 itself.
+ZERO_MEANS_DEFAULT = ("periodSeconds", "timeoutSeconds", "successThreshold",
+                      "failureThreshold")
 # Kubernetes' defaults; None: Kubernetes' probe-level grace override is not set.
 PROBE_TIMING_DEFAULTS = {
     "initial_delay_seconds": 0,
@@ -96,6 +143,36 @@ class SpecError(ValueError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.message = message
+
+
+class SpecWarning:
+    """Something accepted (as Kubernetes/KubeVirt accept it) that the operator should
+    hear about: `path` names the field, as in SpecError."""
+
+    __slots__ = ("path", "message")
+
+    def __init__(self, path: str, message: str) -> None:
+        self.path = path
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.message}"
+
+    def __repr__(self) -> str:
+        return f"SpecWarning({self.path!r}, {self.message!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, SpecWarning):
+            return NotImplemented
+        return (self.path, self.message) == (other.path, other.message)
+
+    def __hash__(self) -> int:
+        return hash((self.path, self.message))
+
+
+def _warn(warnings: list | None, path: str, message: str) -> None:
+    if warnings is not None:
+        warnings.append(SpecWarning(path, message))
 
 
 # ---------------------------------------------------------------------------
@@ -151,11 +228,42 @@ def _one_of(allowed: tuple[str, ...], value: object, path: str) -> str:
     raise SpecError(path, f"must be one of {', '.join(allowed)}, got {text!r}")
 
 
-def _port(value: object, path: str) -> int:
+def _port(value: object, path: str, named_ports: dict | None) -> int:
     if isinstance(value, str):
-        raise SpecError(path, f"must be a port number 1..65535; named ports ({value!r}) "
-                              "have no meaning for a VM")
+        return _named_port(value, path, named_ports)
     return _int(value, path, 1, 65535)
+
+
+def _named_port(name: str, path: str, named_ports: dict | None) -> int:
+    """A port given by name, resolved as KubeVirt does: through the names the VMI
+    declares in spec.domain.devices.interfaces[].ports[] (KubeVirt renders them as the
+    pod's container ports, and kubelet looks the probe's port name up there)."""
+    if name.isdigit():
+        raise SpecError(path, f"must be a port number 1..65535, got the string {name!r}; "
+                              "write it without quotes")
+    if named_ports is None:
+        raise SpecError(path, f"must be a port number 1..65535, got the name {name!r}: "
+                              "port names come from a KubeVirt manifest's "
+                              "spec.domain.devices.interfaces[].ports[], which a vmhealth "
+                              "spec does not have; write the port number")
+    found = named_ports.get(name)
+    if found is None:
+        declared = ", ".join(sorted(named_ports)[:10]) or "none"
+        raise SpecError(path, f"names port {name!r}, which is not declared in "
+                              f"{_vmi_spec_path(path)}.domain.devices.interfaces[].ports[] "
+                              f"(declared: {declared}); declare it there "
+                              f"({{name: {name}, port: N}}) or write the port number")
+    number, declared_at = found
+    return _int(number, declared_at, 1, 65535)
+
+
+def _vmi_spec_path(probe_field_path: str) -> str:
+    """spec.template.spec for spec.template.spec.readinessProbe.httpGet.port."""
+    for kind in PROBE_KINDS:
+        head, found, _tail = probe_field_path.partition(f".{kind}.")
+        if found:
+            return head
+    return "spec"
 
 
 def _host(value: object, path: str) -> str | None:
@@ -171,16 +279,22 @@ def _host(value: object, path: str) -> str | None:
 # Handlers: each returns the handler's fields under the model's attribute names
 # ---------------------------------------------------------------------------
 
-def _check_http_get(data: object, path: str) -> dict:
+def _url_path(value: object, path: str) -> str:
+    url_path = _str(value, path, allow_empty=True)
+    if any(ch in url_path for ch in "\r\n "):
+        raise SpecError(path, "must not contain spaces or line breaks")
+    # kubelet puts the path into a URL with the probe's host, and a URL with a host
+    # has an absolute path: "healthz" is requested as "/healthz", "" as "/"
+    # (pkg/probe/http/request.go, formatURL; Go's url.URL adds the "/").
+    return url_path if url_path.startswith("/") else "/" + url_path
+
+
+def _check_http_get(data: object, path: str, named_ports: dict | None = None) -> dict:
     data = _expect_mapping(data, path)
     _reject_unknown(data, ("port", "path", "host", "scheme", "httpHeaders"), path)
     if "port" not in data:
         raise SpecError(f"{path}.port", "is required (the guest's port, 1..65535)")
-    url_path = _str(data.get("path", "/"), f"{path}.path", allow_empty=True) or "/"
-    if not url_path.startswith("/"):
-        raise SpecError(f"{path}.path", f"must start with '/', got {url_path!r}")
-    if any(ch in url_path for ch in "\r\n "):
-        raise SpecError(f"{path}.path", "must not contain spaces or line breaks")
+    url_path = _url_path(data.get("path", "/"), f"{path}.path")
     headers_raw = data.get("httpHeaders") or []
     if not isinstance(headers_raw, list):
         raise SpecError(f"{path}.httpHeaders", "must be a list of {name, value} mappings")
@@ -200,23 +314,23 @@ def _check_http_get(data: object, path: str) -> dict:
         headers.append((name, value))
     # Port, host and scheme are checked after the headers: the order decides which
     # error a spec with several is told about first, and it is kept as it always was.
-    port = _port(data["port"], f"{path}.port")
+    port = _port(data["port"], f"{path}.port", named_ports)
     host = _host(data.get("host"), f"{path}.host")
     scheme = _one_of(SCHEMES, data.get("scheme", "HTTP"), f"{path}.scheme")
     return {"port": port, "path": url_path, "host": host, "scheme": scheme,
             "http_headers": tuple(headers)}
 
 
-def _check_tcp_socket(data: object, path: str) -> dict:
+def _check_tcp_socket(data: object, path: str, named_ports: dict | None = None) -> dict:
     data = _expect_mapping(data, path)
     _reject_unknown(data, ("port", "host"), path)
     if "port" not in data:
         raise SpecError(f"{path}.port", "is required (the guest's port, 1..65535)")
-    return {"port": _port(data["port"], f"{path}.port"),
+    return {"port": _port(data["port"], f"{path}.port", named_ports),
             "host": _host(data.get("host"), f"{path}.host")}
 
 
-def _check_exec(data: object, path: str) -> dict:
+def _check_exec(data: object, path: str, _named_ports: dict | None = None) -> dict:
     data = _expect_mapping(data, path)
     _reject_unknown(data, ("command",), path)
     command = data.get("command")
@@ -228,7 +342,8 @@ def _check_exec(data: object, path: str) -> dict:
                              for i, arg in enumerate(command))}
 
 
-def _check_guest_agent_ping(data: object, path: str) -> dict:
+def _check_guest_agent_ping(data: object, path: str, _named_ports: dict | None = None
+                            ) -> dict:
     data = _expect_mapping(data if data is not None else {}, path)
     _reject_unknown(data, (), path)
     return {}
@@ -242,16 +357,18 @@ HANDLER_CHECKS = {
 }
 
 
-def check_handler(name: str, data: object, path: str) -> dict:
+def check_handler(name: str, data: object, path: str, named_ports: dict | None = None
+                  ) -> dict:
     """The fields of probe handler `name` (one of HANDLERS), checked."""
-    return HANDLER_CHECKS[name](data, path)
+    return HANDLER_CHECKS[name](data, path, named_ports)
 
 
 # ---------------------------------------------------------------------------
 # Probe, watchdog, spec
 # ---------------------------------------------------------------------------
 
-def check_probe(data: object, path: str, kind: str) -> dict:
+def check_probe(data: object, path: str, kind: str, *, named_ports: dict | None = None,
+                warnings: list | None = None) -> dict:
     """A probe of `kind` (one of PROBE_KINDS), checked; see the module docstring."""
     data = _expect_mapping(data, path)
     for name, reason in UNSUPPORTED_HANDLERS.items():
@@ -261,28 +378,50 @@ def check_probe(data: object, path: str, kind: str) -> dict:
     handlers = [name for name in HANDLERS if name in data]
     if len(handlers) != 1:
         found = ", ".join(handlers) if handlers else "none"
-        raise SpecError(path, f"must have exactly one handler of httpGet, tcpSocket, exec, "
-                              f"guestAgentPing (found: {found})")
+        raise SpecError(path, f"must have exactly one handler of {', '.join(HANDLERS)} "
+                              f"(found: {found})")
     handler_name = handlers[0]
-    handler = check_handler(handler_name, data[handler_name], f"{path}.{handler_name}")
+    handler = check_handler(handler_name, data[handler_name], f"{path}.{handler_name}",
+                            named_ports)
     probe = {"handler": (handler_name, handler)}
     probe.update(PROBE_TIMING_DEFAULTS)
-    for key, (attr, minimum) in PROBE_TIMING_FIELDS.items():
-        if key in data:
-            probe[attr] = _int(data[key], f"{path}.{key}", minimum)
+    for key in PROBE_TIMING_FIELDS:
+        if data.get(key) is not None:
+            _set_timing(probe, key, data[key], f"{path}.{key}")
+    _check_probe_kind_rules(probe, path, kind)
+    if probe["timeout_seconds"] > probe["period_seconds"]:
+        _warn(warnings, f"{path}.timeoutSeconds",
+              f"{probe['timeout_seconds']} is above periodSeconds "
+              f"({probe['period_seconds']}); accepted, as Kubernetes does: a probe still "
+              "running when the next is due makes that one wait for the next period "
+              "(lower timeoutSeconds or raise periodSeconds to probe every period)")
+    return probe
+
+
+def _set_timing(probe: dict, key: str, value: object, path: str) -> None:
+    attr, minimum = PROBE_TIMING_FIELDS[key]
+    if key not in ZERO_MEANS_DEFAULT:
+        probe[attr] = _int(value, path, minimum)
+        return
+    default = probe[attr]
+    if isinstance(value, int) and not isinstance(value, bool) and value < 0:
+        raise SpecError(path, f"must be between {minimum} and {MAX_INT32} (or 0 for the "
+                              f"default, {default}), got {value}")
+    if _int(value, path, 0) != 0:
+        probe[attr] = value
+
+
+def _check_probe_kind_rules(probe: dict, path: str, kind: str) -> None:
+    """Kubernetes' rules per probe kind (pkg/apis/core/validation/validation.go:
+    validateLivenessProbe, validateStartupProbe, validateReadinessProbe)."""
     if kind != READINESS and probe["success_threshold"] != 1:
         raise SpecError(f"{path}.successThreshold",
                         f"must be 1 for {kind} (Kubernetes rule), got "
                         f"{probe['success_threshold']}")
     if kind == READINESS and probe["termination_grace_period_seconds"] is not None:
+        others = " and ".join(other for other in PROBE_KINDS if other != READINESS)
         raise SpecError(f"{path}.terminationGracePeriodSeconds",
-                        "is only allowed on livenessProbe and startupProbe")
-    if probe["timeout_seconds"] > probe["period_seconds"]:
-        raise SpecError(f"{path}.timeoutSeconds",
-                        f"must not be above periodSeconds ({probe['timeout_seconds']} > "
-                        f"{probe['period_seconds']}); raise periodSeconds or lower "
-                        "timeoutSeconds")
-    return probe
+                        f"is only allowed on {others}")
 
 
 def check_watchdog(data: object, path: str) -> dict:
@@ -295,11 +434,31 @@ def check_watchdog(data: object, path: str) -> dict:
     }
 
 
-def check_spec(data: object, path: str = "spec") -> dict:
-    """A whole spec in its serialised (camelCase) form, checked; raises SpecError."""
+def check_run_strategy(value: object, path: str) -> str:
+    """A KubeVirt run strategy vmhealth can honour on plain libvirt."""
+    text = _str(value, path)
+    reason = UNSUPPORTED_RUN_STRATEGIES.get(text)
+    if reason is not None:
+        raise SpecError(path, f"{text} {reason}; use one of {', '.join(RUN_STRATEGIES)} "
+                              "(README, Run strategies)")
+    return _one_of(RUN_STRATEGIES, text, path)
+
+
+def _bool(value: object, path: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(path, f"must be true or false, not {_type_name(value)} ({value!r})")
+    return value
+
+
+def check_spec(data: object, path: str = "spec", *, named_ports: dict | None = None,
+               warnings: list | None = None) -> dict:
+    """A whole spec in its serialised (camelCase) form, checked; raises SpecError.
+
+    `named_ports` and `warnings`: see the module docstring."""
     data = _expect_mapping(data, path)
     _reject_unknown(data, SPEC_FIELDS, path)
-    probes = {kind: check_probe(data[kind], f"{path}.{kind}", kind)
+    probes = {kind: check_probe(data[kind], f"{path}.{kind}", kind, named_ports=named_ports,
+                                warnings=warnings)
               for kind in PROBE_KINDS if data.get(kind) is not None}
     watchdog = None
     if data.get("watchdog") is not None:
@@ -318,7 +477,17 @@ def check_spec(data: object, path: str = "spec") -> dict:
         "watchdog": watchdog,
         "termination_grace_period_seconds": grace,
         "on_liveness_failure": _one_of(LIVENESS_ACTIONS,
-                                       data.get("onLivenessFailure", "restart"),
+                                       data.get("onLivenessFailure", DEFAULT_LIVENESS_ACTION),
                                        f"{path}.onLivenessFailure"),
+        "run_strategy": _optional(check_run_strategy, data, "runStrategy", path,
+                                  DEFAULT_RUN_STRATEGY),
+        "guest_agent_ping_paused": _optional(_bool, data, "guestAgentPingPaused", path, False),
         "user_data": user_data,
     }
+
+
+def _optional(check, data: dict, key: str, path: str, default):
+    """data[key] checked, or `default` when it is absent or null (as Kubernetes reads
+    an omitted field)."""
+    value = data.get(key)
+    return default if value is None else check(value, f"{path}.{key}")

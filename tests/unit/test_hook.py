@@ -72,7 +72,7 @@ def files_under(root: Path) -> set[str]:
 
 
 def invalid_spec_xml() -> str:
-    return WITH_SPEC.replace('"periodSeconds":10', '"periodSeconds":0')
+    return WITH_SPEC.replace('"periodSeconds":10', '"periodSeconds":-1')
 
 
 # ---------------------------------------------------------------------------
@@ -108,9 +108,9 @@ def test_prepare_refuses_an_invalid_spec_with_the_reason(spool_dir):
     assert result.stdout == ""
     assert result.stderr == (
         "vmhealth: domain 'web1' not started: its health spec is invalid: "
-        "metadata.spec.livenessProbe.periodSeconds: must be between 1 and 2147483647, "
-        "got 0. Fix it with `vmhealth apply web1 -f FILE` or remove it with "
-        "`vmhealth remove web1`.\n")
+        "metadata.spec.livenessProbe.periodSeconds: must be between 1 and 2147483647 "
+        "(or 0 for the default, 10), got -1. Fix it with `vmhealth apply web1 -f FILE` "
+        "or remove it with `vmhealth remove web1`.\n")
     assert not (spool_dir / f"{UUID}.validated").exists()
 
 
@@ -285,7 +285,7 @@ def test_filter_reports_a_missing_watchdog_for_the_next_cold_boot(spool_dir):
 
 def test_filter_leaves_an_invalid_spec_to_prepare(spool_dir):
     source = (DATA / "restore-action-changed-in.xml").read_text()
-    broken = source.replace('"periodSeconds":10', '"periodSeconds":0')
+    broken = source.replace('"periodSeconds":10', '"periodSeconds":-1')
     result = run_hook(spool_dir, "restore", broken)
     assert (result.code, result.stdout) == (0, "")
     assert "watchdog left as it is, the health spec is invalid" in result.stderr
