@@ -6,17 +6,24 @@ implements them: scheme HTTP or HTTPS (certificate not verified); host = the spe
 host, else the guest's addresses tried in order; path, headers (a `Host` header
 overrides the request host); `User-Agent: vmhealth/<version>` and `Accept: */*`
 unless given; one connection per probe (`Connection: close`, as kubelet's
-DisableKeepAlives); success 200 <= status < 400; body read at most 10 KiB; redirects
-to the same host name followed (at most 10); a redirect to another host is not
-followed and counts as success with a warning; the whole probe, redirects included,
-within timeoutSeconds.
+DisableKeepAlives); success 200 <= status < 400, interim (1xx) answers skipped; body
+read at most 10 KiB; redirects to the same host name followed (at most 10); a
+redirect to another host is not followed and counts as success with a warning; the
+whole probe, redirects included, within timeoutSeconds.
+
+Guests are untrusted ("httpGet against hostile guests" in docs/probes.md): the head
+and what follows it are bounded (MAX_HEAD_BYTES, MAX_AFTER_HEAD_BYTES), dial.py reads
+in slices with the deadline checked, and guest text reaches a message only through
+excerpt().
 
 Why httptools over raw sockets rather than aiohttp or httpx: at ~1,000 HTTP probes
 a second the client's CPU per request decides whether the daemon fits its budget;
 docs/probes.md records the measurement. The request is a fixed GET built once per
 (probe, host) from validated parts; every byte the guest sends is parsed by llhttp.
 
-Header values never appear in messages or logs: they may carry credentials.
+Header values never appear in messages or logs: they may carry credentials. Nor does
+the body: kubelet reports only the status, as bodies can hold secrets too (Kubernetes
+issue 99425).
 """
 
 from __future__ import annotations
