@@ -79,7 +79,8 @@ def test_invalid_spec_refuses_start_and_virsh_says_why(sandbox, guest_factory,
     _apply(sandbox, guest.name, _spec_file(work_dir, "poweroff"))
     xml = guest.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE)
     assert '"periodSeconds":10' in xml
-    guest.dom.connect().defineXML(xml.replace('"periodSeconds":10', '"periodSeconds":0'))
+    # 0 would be the default (as in Kubernetes); a negative period is invalid.
+    guest.dom.connect().defineXML(xml.replace('"periodSeconds":10', '"periodSeconds":-1'))
 
     def refused():
         # libvirtd handles the SIGHUP of `hook install` asynchronously; until it has,
