@@ -20,8 +20,9 @@ import pytest
 from tests.unit.test_probes import FakeAccess, needs_ipv6, probe_of, self_signed_context
 
 from vmhealth import spec
+from vmhealth.excerpt import excerpt
 from vmhealth.monitor.interfaces import Outcome, ProbeResult
-from vmhealth.monitor.probes import run_probe
+from vmhealth.monitor.probes import run_once, run_probe, starter_for
 from vmhealth.monitor.probes.http import MAX_HEAD_BYTES, USER_AGENT
 
 WAIT = 30.0  # the most any probe here may take on a loaded machine (a hung test otherwise)
@@ -255,6 +256,26 @@ def test_a_followed_redirect_to_a_huge_path_is_reported_bounded():
     assert len(server.requests) == 2  # the redirect was followed
     assert result.outcome is Outcome.FAILURE and "HTTP 500" in result.message
     assert len(result.message) < 600, result.message
+
+
+def test_redirect_targets_are_not_kept_after_their_run():
+    def script(conn: socket.socket, request: bytes) -> None:
+        if request.startswith(b"GET / "):
+            target = b"/" + b"p" * 60000 + b"/%d" % len(request)
+            conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: " + target + b"\r\n\r\n")
+        else:
+            conn.sendall(OK)
+
+    async def three_runs(port: int) -> dict:
+        starter = starter_for(probe_of(spec.HttpGet(port=port), 2.0))
+        for _ in range(3):
+            result = await asyncio.wait_for(run_once(starter, FakeAccess()), WAIT)
+            assert result.outcome is Outcome.SUCCESS, excerpt(result.message)
+        return starter._requests
+
+    with HostileServer(script) as server:
+        kept = asyncio.run(three_runs(server.port))
+    assert [key[3] for key in kept] == ["/"]  # a guest's 60 KiB targets are not cached
 
 
 # ---------------------------------------------------------------------------

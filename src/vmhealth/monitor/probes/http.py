@@ -370,17 +370,21 @@ class HttpProbeStarter:
     def __call__(self, access: GuestAccess, on_done: OnDone) -> Callable:
         return _HttpRun(self, access, on_done).start(self.handler.host)
 
-    def request(self, scheme: str, host: str, port: int, target: str) -> tuple[bytes, str]:
-        """(request bytes, URL) for one target; raises ValueError (see _build_request)."""
+    def request(self, scheme: str, host: str, port: int, target: str,
+                keep: bool = True) -> tuple[bytes, str]:
+        """(request bytes, URL) for one target; raises ValueError (see _build_request).
+        Kept for the next run unless `keep` is False: a redirect's target is the
+        guest's, up to 64 KiB long, and need not stay in memory after its run."""
         key = (scheme, host, port, target)
         found = self._requests.get(key)
         if found is None:
-            if len(self._requests) > 64:  # guest addresses and redirects vary; stay small
-                self._requests.clear()
             authority = _authority(host, port, scheme)
             found = (_build_request(self.handler, target, authority),
                      f"{scheme}://{authority}{target}")
-            self._requests[key] = found
+            if keep:
+                if len(self._requests) > 64:  # guest addresses vary; stay small
+                    self._requests.clear()
+                self._requests[key] = found
         return found
 
     def timeout_message(self) -> str:
@@ -419,7 +423,11 @@ class _HttpRun(NetworkRun):
                                        self._starter.server_name))
 
     def request_for(self, host: str) -> bytes:
-        return self._starter.request(self._scheme, host, self._url_port, self._target)[0]
+        return self._request(host)[0]
+
+    def _request(self, host: str) -> tuple[bytes, str]:
+        return self._starter.request(self._scheme, host, self._url_port, self._target,
+                                     keep=not self._redirects)
 
     def new_sink(self) -> _Response:
         return _Response()
@@ -436,7 +444,7 @@ class _HttpRun(NetworkRun):
             return
         response = sink
         response.release()
-        url = self._starter.request(scheme, host, port, self._target)[1]
+        url = self._request(host)[1]
         status = response.status
         if 300 <= status < 400 and response.location is not None:
             self._redirect(host, url, status, response.location)
