@@ -18,6 +18,7 @@ from vmhealth.spec import (
     HttpGet,
     LivenessAction,
     Probe,
+    RunStrategy,
     Scheme,
     SpecError,
     TcpSocket,
@@ -59,8 +60,9 @@ handlers = st.one_of(
 @st.composite
 def probes(draw, readiness=False):
     period = draw(st.integers(1, 300))
+    # A timeout above the period is valid, as in Kubernetes (apply warns about it).
     return Probe(handler=draw(handlers), initial_delay_seconds=draw(st.integers(0, 600)),
-                 period_seconds=period, timeout_seconds=draw(st.integers(1, period)),
+                 period_seconds=period, timeout_seconds=draw(st.integers(1, 2 * period)),
                  success_threshold=draw(st.integers(1, 5)) if readiness else 1,
                  failure_threshold=draw(st.integers(1, 30)),
                  termination_grace_period_seconds=None if readiness else
@@ -79,6 +81,8 @@ specs = st.builds(
                                    action=st.sampled_from(WatchdogAction)),
     termination_grace_period_seconds=st.integers(0, 3600),
     on_liveness_failure=st.sampled_from(LivenessAction),
+    run_strategy=st.sampled_from(RunStrategy),
+    guest_agent_ping_paused=st.booleans(),
     user_data=st.none() | xml_text.filter(lambda t: "\x00" not in t and "\r" not in t),
 )
 
@@ -111,7 +115,8 @@ json_values = st.recursive(
 @settings(max_examples=300)
 @given(st.dictionaries(st.sampled_from(["livenessProbe", "readinessProbe", "startupProbe",
                                         "watchdog", "terminationGracePeriodSeconds",
-                                        "onLivenessFailure", "userData", "typo"]),
+                                        "onLivenessFailure", "runStrategy",
+                                        "guestAgentPingPaused", "userData", "typo"]),
                        json_values, max_size=4))
 def test_wrong_types_give_spec_error_with_a_path(data):
     try:

@@ -20,6 +20,7 @@ from vmhealth.metadata import checked_spec_data_from_metadata, spec_from_metadat
     (spec.WatchdogAction, spec_rules.WATCHDOG_ACTIONS),
     (spec.LivenessAction, spec_rules.LIVENESS_ACTIONS),
     (spec.ProbeKind, spec_rules.PROBE_KINDS),
+    (spec.RunStrategy, spec_rules.RUN_STRATEGIES),
 ])
 def test_the_enums_allow_exactly_the_rules_values_in_the_same_order(enum_type, allowed):
     assert tuple(member.value for member in enum_type) == allowed
@@ -60,6 +61,8 @@ FULL = {
     "watchdog": {"model": "ib700", "action": "poweroff"},
     "terminationGracePeriodSeconds": 10,
     "onLivenessFailure": "reset",
+    "runStrategy": "RerunOnFailure",
+    "guestAgentPingPaused": True,
     "userData": "#cloud-config\n",
 }
 
@@ -99,3 +102,33 @@ def test_the_rules_import_nothing_heavy():
     done = subprocess.run([sys.executable, "-I", "-S", "-c", probe], capture_output=True,
                           text=True, timeout=60, check=True)
     assert done.stdout.strip() == "[]"
+
+
+# Kubernetes' per-kind rules (validateLivenessProbe, validateStartupProbe,
+# validateReadinessProbe in pkg/apis/core/validation/validation.go).
+
+@pytest.mark.parametrize("kind", ["livenessProbe", "startupProbe"])
+def test_success_threshold_must_be_1_for_liveness_and_startup(kind):
+    with pytest.raises(spec.SpecError) as caught:
+        spec_rules.check_spec({kind: {"guestAgentPing": {}, "successThreshold": 2}})
+    assert str(caught.value) == (f"spec.{kind}.successThreshold: must be 1 for {kind} "
+                                 "(Kubernetes rule), got 2")
+    assert spec_rules.check_spec({kind: {"guestAgentPing": {}, "successThreshold": 1}})
+
+
+def test_readiness_may_ask_for_several_successes():
+    checked = spec_rules.check_spec({"readinessProbe": {"guestAgentPing": {},
+                                                        "successThreshold": 2}})
+    assert checked["readiness_probe"]["success_threshold"] == 2
+
+
+def test_a_grace_period_override_is_refused_on_readiness_only():
+    with pytest.raises(spec.SpecError) as caught:
+        spec_rules.check_spec({"readinessProbe": {"guestAgentPing": {},
+                                                  "terminationGracePeriodSeconds": 5}})
+    assert str(caught.value) == ("spec.readinessProbe.terminationGracePeriodSeconds: is only "
+                                 "allowed on livenessProbe and startupProbe")
+    for kind, attr in (("livenessProbe", "liveness_probe"), ("startupProbe", "startup_probe")):
+        checked = spec_rules.check_spec({kind: {"guestAgentPing": {},
+                                                "terminationGracePeriodSeconds": 5}})
+        assert checked[attr]["termination_grace_period_seconds"] == 5
