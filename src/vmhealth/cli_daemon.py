@@ -21,6 +21,7 @@ from typing import Any
 import click
 
 from vmhealth.monitor.client import DEFAULT_SOCKET, ApiClient, ApiError, ApiUnavailable
+from vmhealth.spec import ProbeKind
 from vmhealth.terminal import echo, for_terminal
 
 WAIT_POLL_SECONDS = 1.0
@@ -216,7 +217,7 @@ def events_command(follow: bool, domain: str | None, output: str, socket_path: s
 
 @click.command("probe")
 @click.argument("domain")
-@click.argument("kind", type=click.Choice(["liveness", "readiness", "startup"]))
+@click.argument("kind", type=click.Choice([kind.short for kind in ProbeKind]))
 @output_option
 @socket_option
 def probe_command(domain: str, kind: str, output: str, socket_path: str) -> None:

@@ -17,6 +17,8 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vmhealth.spec_rules import LIVENESS_ACTIONS, PROBE_KINDS
+
 DEFAULT_PATH = "/etc/vmhealth/vmhealth.conf"
 
 
@@ -175,7 +177,7 @@ PROBE_DEFAULT_KEYS: dict[str, Callable[[str, str], Any]] = {
 }
 SPEC_DEFAULT_KEYS: dict[str, Callable[[str, str], Any]] = {
     "terminationGracePeriodSeconds": _non_negative_int,
-    "onLivenessFailure": _choice("restart", "reset", "poweroff", "none"),
+    "onLivenessFailure": _choice(*LIVENESS_ACTIONS),
 }
 
 
@@ -241,7 +243,7 @@ def with_spec_defaults(data: dict[str, Any], defaults: dict[str, Any]) -> dict[s
     for key in SPEC_DEFAULT_KEYS:
         if key in defaults and key not in out:
             out[key] = defaults[key]
-    for kind in ("livenessProbe", "readinessProbe", "startupProbe"):
+    for kind in PROBE_KINDS:
         probe = out.get(kind)
         if not isinstance(probe, dict):
             continue
