@@ -218,3 +218,42 @@ def test_https_probe_on_a_host_out_of_sockets_is_an_error_too():
     result = asyncio.run(scenario())
     assert result.outcome is Outcome.ERROR
     assert result.message == "cannot open a socket on the host: Too many open files"
+
+
+def test_one_dispatch_serves_at_most_one_batch_then_lets_the_loop_turn():
+    """With more sockets ready than one batch, the rest wait one loop turn (epoll keeps
+    them ready): a thousand guests flooding at once hold the loop for one batch each
+    turn, not for all of them."""
+    count = sockets._BATCH + 44
+    server = listener()
+    server.listen(count)
+    port = server.getsockname()[1]
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        probe_sockets = sockets.for_loop(loop)
+        ticks, turns, taken = [0], [], []
+
+        def tick():
+            ticks[0] += 1
+            loop.call_soon(tick)
+
+        def on_event(events):
+            turns.append(ticks[0])
+
+        for _ in range(count):  # loopback connects complete within connect(): all ready
+            sock = probe_sockets.take(socket.AF_INET, on_event)
+            sock.connect_ex(("127.0.0.1", port))
+            taken.append(sock)
+        tick()
+        deadline = loop.time() + 10  # wait until every socket was heard of (bounded)
+        while len(turns) < count and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        for sock in taken:
+            probe_sockets.give_back(socket.AF_INET, sock)
+        return turns
+
+    with server:
+        turns = asyncio.run(scenario())
+    assert len(turns) >= count
+    assert len(set(turns)) >= 2, "every ready socket was served in one loop callback"
