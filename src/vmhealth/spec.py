@@ -6,7 +6,8 @@ Validation follows Kubernetes/KubeVirt admission; every error names the field pa
 and what is allowed, so an operator can fix the manifest without reading code.
 
 The rules themselves live in vmhealth.spec_rules, over plain data, and this module
-builds its typed model from what they return: the libvirt hook checks specs with
+builds its typed model from what they return (its enums from the rules' tuples of
+allowed values, which are written there only): the libvirt hook checks specs with
 spec_rules alone, because importing dataclasses, enum and typing would triple its run
 time, and the verdict stays the same everywhere. Standard library only.
 """

@@ -8,8 +8,8 @@ enums) from what check_spec returns, so `vmhealth apply`, the daemon and the lib
 hook all get the same verdict and the same message for the same input. The hook runs
 check_spec while libvirt waits for a domain start, so this module imports nothing at
 all: no enum, dataclasses, typing or re, whose imports together cost about three
-times a bare interpreter start. Allowed values are therefore tuples of strings; a unit
-test keeps vmhealth.spec's enums equal to them.
+times a bare interpreter start. Allowed values are therefore tuples of strings, and
+vmhealth.spec builds its enums from these tuples.
 
 The checked form uses the model's attribute names (snake_case) with every default
 filled in:
@@ -403,7 +403,7 @@ def _set_timing(probe: dict, key: str, value: object, path: str) -> None:
     if key not in ZERO_MEANS_DEFAULT:
         probe[attr] = _int(value, path, minimum)
         return
-    default = probe[attr]
+    default = PROBE_TIMING_DEFAULTS[attr]
     if isinstance(value, int) and not isinstance(value, bool) and value < 0:
         raise SpecError(path, f"must be between {minimum} and {MAX_INT32} (or 0 for the "
                               f"default, {default}), got {value}")
