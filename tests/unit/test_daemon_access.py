@@ -16,7 +16,6 @@ from vmhealth.monitor.libvirt_access import (
     EMPTY_ADDRESS_RETRY_SECONDS,
     DomainState,
     LibvirtGuestAccess,
-    read_addresses,
     suppression_for,
 )
 
@@ -108,40 +107,102 @@ def test_blocked_rpc_names_the_fix(agent_calls):
     assert "allow-rpcs" in str(error.value)
 
 
-class AddressDomain:
-    def __init__(self, answers) -> None:
-        self.answers = answers
+NIC_XML = """<domain type='kvm'><name>web1</name><devices>
+  <interface type='network'><mac address='52:54:00:00:00:01'/>
+    <source network='default'/></interface>
+</devices></domain>"""
+NET_XML = """<network><name>default</name><bridge name='virbr-none'/>
+  <ip address='10.0.0.1' netmask='255.255.255.0'/><ip family='ipv6' address='fd00::1' prefix='64'/>
+</network>"""
 
-    def interfaceAddresses(self, source, flags):
+
+class AddressDomain:
+    """A domain on the libvirt network 10.0.0.0/24 + fd00::/64 with MAC ...:01: its
+    lease and ARP answers by source; the agent's answer comes through qemuAgentCommand."""
+
+    def __init__(self, answers, agent=None) -> None:
+        self.answers = answers
+        self.answer, self.error = (json.dumps({"return": agent}) if agent is not None
+                                   else None), None
+        if agent is None:
+            self.error = libvirt_error(libvirt.VIR_ERR_AGENT_UNRESPONSIVE, "no agent")
+        self.calls: list[tuple[str, int]] = []
+
+    def name(self):
+        return "web1"
+
+    def XMLDesc(self, flags):  # noqa: N802 - libvirt's name
+        return NIC_XML
+
+    def connect(self):
+        class Conn:
+            def networkLookupByName(self, name):  # noqa: N802
+                class Net:
+                    def XMLDesc(self, flags):  # noqa: N802
+                        return NET_XML
+                return Net()
+        return Conn()
+
+    def interfaceAddresses(self, source, flags):  # noqa: N802
         answer = self.answers.get(source)
         if answer is None:
             raise libvirt_error(libvirt.VIR_ERR_OPERATION_UNSUPPORTED, "no such source")
         return answer
 
 
-def iface(*addresses):
-    return {"eth0": {"hwaddr": "52:54:00:00:00:01",
+def iface(*addresses, mac="52:54:00:00:00:01"):
+    return {"eth0": {"hwaddr": mac,
                      "addrs": [{"addr": a, "prefix": 24, "type": 0} for a in addresses]}}
 
 
-def test_addresses_from_every_source_ipv4_first_without_loopback_or_link_local():
-    dom = AddressDomain({
-        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT:
-            {"lo": {"addrs": [{"addr": "127.0.0.1"}, {"addr": "::1"}]},
-             **iface("fd00::10", "fe80::1", "10.0.0.10")},
-        libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP: iface("10.0.0.10", "10.0.0.11"),
-    })
-    assert read_addresses(dom) == ["10.0.0.10", "10.0.0.11", "fd00::10"]
+def agent_iface(*addresses, mac="52:54:00:00:00:01"):
+    return [{"name": "lo", "hardware-address": "00:00:00:00:00:00",
+             "ip-addresses": [{"ip-address": "127.0.0.1", "ip-address-type": "ipv4"}]},
+            {"name": "eth0", "hardware-address": mac,
+             "ip-addresses": [{"ip-address": a, "ip-address-type": "ipv4", "prefix": 24}
+                              for a in addresses]}]
 
 
-def test_addresses_are_cached_until_stale_and_read_once_by_concurrent_probes():
+def look_up(dom, refresh=3600):
+    async def scenario():
+        with ThreadPoolExecutor(2) as pool:
+            access = LibvirtGuestAccess(dom, agent_pool=pool, control_pool=pool,
+                                        address_refresh_seconds=refresh)
+            return await access.addresses()
+    return asyncio.run(scenario())
+
+
+def test_addresses_from_every_source_ipv4_first_without_loopback_or_link_local(agent_calls):
+    dom = AddressDomain({libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP:
+                         iface("10.0.0.10", "10.0.0.11")},
+                        agent=agent_iface("fd00::10", "fe80::1", "10.0.0.10"))
+    assert look_up(dom) == ["10.0.0.10", "10.0.0.11", "fd00::10"]
+    assert json.loads(dom.calls[0][0]) == {"execute": "guest-network-get-interfaces"}
+
+
+def test_agent_and_arp_addresses_off_the_domains_networks_or_macs_are_not_targets(
+        agent_calls):
+    """A guest's agent and ARP answers must not make the host probe the host itself or
+    other machines (docs/security.md, "Probe targets")."""
+    dom = AddressDomain({libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP:
+                         {**iface("10.0.0.12"), "eth1": iface("10.0.0.13",
+                                                                 mac="52:54:00:99:99:99")
+                                                   ["eth0"]}},
+                        agent=agent_iface("10.0.0.10", "192.168.50.7", "8.8.8.8"))
+    assert look_up(dom) == ["10.0.0.10", "10.0.0.12"]
+
+
+def test_leases_of_the_domains_macs_are_targets_as_they_are(agent_calls):
+    dom = AddressDomain({libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE:
+                         iface("10.0.0.5")})
+    assert look_up(dom) == ["10.0.0.5"]
+
+
+def test_addresses_are_cached_until_stale_and_read_once_by_concurrent_probes(agent_calls):
     class Counting(AddressDomain):
         reads = 0
 
-        def name(self):
-            return "web1"
-
-        def interfaceAddresses(self, source, flags):
+        def interfaceAddresses(self, source, flags):  # noqa: N802
             if source == libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE:
                 Counting.reads += 1
             return super().interfaceAddresses(source, flags)
@@ -165,17 +226,30 @@ def test_addresses_are_cached_until_stale_and_read_once_by_concurrent_probes():
     assert reads == 2  # forget_addresses: looked up again
 
 
-def test_addresses_valid_until_is_when_the_cache_goes_stale():
+def test_a_guest_that_loses_its_addresses_keeps_its_last_known_ones(agent_calls):
+    """A frozen guest answers no agent and ARP forgets it: its probes go on against
+    where it was (and fail there), rather than turning into "no address"."""
+    dom = AddressDomain({}, agent=agent_iface("10.0.0.10"))
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as pool:
+            access = LibvirtGuestAccess(dom, agent_pool=pool, control_pool=pool)
+            first = await access.addresses()
+            dom.answer, dom.error = None, libvirt_error(libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                                                        "Guest agent is not responding")
+            access.forget_addresses()
+            return first, await access.addresses()
+
+    assert asyncio.run(scenario()) == (["10.0.0.10"], ["10.0.0.10"])
+
+
+def test_addresses_valid_until_is_when_the_cache_goes_stale(agent_calls):
     """The native lane hands a probe back at addresses_valid_until(); cached_addresses()
     must say "look them up" from that moment, and not before."""
-    class Named(AddressDomain):
-        def name(self):
-            return "web1"
-
     async def scenario(sources):
         with ThreadPoolExecutor(1) as pool:
-            access = LibvirtGuestAccess(Named(sources), agent_pool=pool, control_pool=pool,
-                                        address_refresh_seconds=30)
+            access = LibvirtGuestAccess(AddressDomain(sources), agent_pool=pool,
+                                        control_pool=pool, address_refresh_seconds=30)
             assert access.addresses_valid_until() == float("-inf")  # never read
             assert access.cached_addresses() is None
             before = time.monotonic()

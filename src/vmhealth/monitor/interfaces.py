@@ -20,6 +20,9 @@ class Outcome(str, enum.Enum):
     SUCCESS = "success"
     FAILURE = "failure"  # a clean negative answer: refused, HTTP 500, exit code 1, timeout
     ERROR = "error"  # the probe could not be run at all; retried, never counted
+    # Not run: this guest's previous agent call is still in flight (one at a time per
+    # guest, so one slow agent holds one thread, never more). Neither counted nor retried.
+    SKIPPED = "skipped"
 
 
 class ProbeResult(NamedTuple):
@@ -43,7 +46,26 @@ class AgentError(Exception):
 
 
 class AgentUnavailable(Exception):
-    """No agent to talk to: not connected, not running, or it did not answer in time."""
+    """No agent to talk to: not connected, not running, or it did not answer within the
+    call's timeout, as libvirt measured it on the agent itself (KubeVirt: "if the guest
+    agent is not available, this probe will fail")."""
+
+
+class AgentBusy(Exception):
+    """This guest's previous agent call has not returned yet: the probe is not run."""
+
+
+class NoVerdict(Exception):
+    """The host could not answer: an agent call got no answer from libvirt in time (the
+    daemon's agent threads or libvirtd busy with other guests), or libvirt could not be
+    asked for the guest's addresses. It says nothing about this guest, so it is an ERROR
+    (never counted): counting it would let one guest's slow agent fail another."""
+
+
+# libvirt sends guest-sync before every agent command and waits up to this long for it
+# (min(the domain's agent response timeout, 5 s)): a call can take that long on top of
+# its own timeout before libvirt gives its verdict.
+AGENT_SYNC_SECONDS = 5
 
 
 class GuestAccess(Protocol):
@@ -62,7 +84,11 @@ class GuestAccess(Protocol):
     async def agent_command(self, command: dict[str, Any], timeout: float) -> Any:
         """Send one QMP-style guest agent command; return its "return" value.
 
-        Raises AgentUnavailable or AgentError; never blocks the event loop.
+        Raises AgentUnavailable (the agent is not there or did not answer within
+        `timeout`, measured by libvirt on the agent), AgentError (it answered with an
+        error), AgentBusy (this guest's previous call is still in flight: nothing was
+        sent) or NoVerdict (no answer from libvirt in time: the host was busy).
+        Never blocks the event loop.
         """
 
     def addresses_valid_until(self) -> float:

@@ -1,25 +1,40 @@
 """GuestAccess implemented with libvirt: agent commands, guest addresses, suppression.
 
 Every libvirt call here blocks its thread, so each runs in a bounded thread pool and
-never on the event loop: agent commands in one pool (each with a positive timeout, so
-a hung guest holds one worker for at most that long), cheap control calls (state,
-addresses) in another, so a flood of slow agents cannot starve state refreshes.
+never on the event loop: agent calls (commands, and the agent's part of an address
+look-up) in one pool, at most one per guest in flight, each with a positive timeout;
+cheap control calls (state, leases, ARP) in another, so a flood of slow agents cannot
+starve state refreshes, adoption or liveness actions.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ipaddress
+import functools
 import json
 import time
 from concurrent.futures import Executor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import libvirt
 import libvirt_qemu
 
-from vmhealth.monitor.interfaces import AgentError, AgentUnavailable
+from vmhealth.excerpt import excerpt
+from vmhealth.monitor.guest_addresses import (
+    DomainNics,
+    agent_entries,
+    libvirt_entries,
+    probe_targets,
+    read_nics,
+)
+from vmhealth.monitor.interfaces import (
+    AGENT_SYNC_SECONDS,
+    AgentBusy,
+    AgentError,
+    AgentUnavailable,
+    NoVerdict,
+)
 
 # Paused reasons during which a failing probe says nothing about the guest's health
 # (KubeVirt's list): the guest is stopped on purpose and will run again.
@@ -60,12 +75,16 @@ AGENT_UNAVAILABLE_CODES = {
     getattr(libvirt, "VIR_ERR_AGENT_COMMAND_TIMEOUT", -1),
     getattr(libvirt, "VIR_ERR_AGENT_UNSYNCED", -1),
 }
-ADDRESS_SOURCES = (
-    libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
-    libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_AGENT,
-    libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP,
-)
 EMPTY_ADDRESS_RETRY_SECONDS = 2.0
+GUEST_INTERFACES = {"execute": "guest-network-get-interfaces"}
+ADDRESS_AGENT_TIMEOUT = 5  # seconds the agent's part of an address look-up may take
+# How much longer than timeout + guest-sync libvirt may take to give its verdict on an
+# agent call before the probe stops waiting for it (NoVerdict).
+ANSWER_SLACK_SECONDS = 1.0
+# libvirt's own bound on the agent calls of a monitored domain that take no timeout of
+# their own (virDomainAgentSetResponseTimeout). Long enough for a guest's fsfreeze
+# during a backup; short enough that a hung agent frees libvirtd's threads.
+AGENT_RESPONSE_TIMEOUT_SECONDS = 30
 
 
 @dataclass(frozen=True)
@@ -119,7 +138,7 @@ def read_state(dom: libvirt.virDomain) -> DomainState:
 
 
 def _agent_error(exc: libvirt.libvirtError, command: str) -> Exception:
-    message = exc.get_error_message() or str(exc)
+    message = excerpt(exc.get_error_message() or str(exc))  # may quote the guest
     if exc.get_error_code() in AGENT_UNAVAILABLE_CODES:
         return AgentUnavailable(message)
     if "has been disabled" in message or "not allowed" in message:
@@ -129,36 +148,69 @@ def _agent_error(exc: libvirt.libvirtError, command: str) -> Exception:
     return AgentError(message)
 
 
-def _sorted_addresses(found: list[str]) -> list[str]:
-    """IPv4 before IPv6, duplicates dropped; loopback and link-local left out."""
-    usable = []
-    for text in dict.fromkeys(found):
-        try:
-            address = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-        if address.is_loopback or address.is_link_local or address.is_unspecified:
-            continue
-        usable.append(address)
-    usable.sort(key=lambda a: a.version)  # stable: keeps source order within a family
-    return [str(a) for a in usable]
+def decode_agent_reply(reply: Any, name: str) -> Any:
+    """The "return" value of an agent reply; AgentError for an error or garbage."""
+    try:
+        decoded = json.loads(reply)
+    except (TypeError, ValueError, RecursionError):
+        raise AgentError(f"the guest agent's reply to {name} is not JSON") from None
+    if isinstance(decoded, dict) and "error" in decoded:
+        error = decoded["error"] if isinstance(decoded["error"], dict) else {}
+        raise AgentError(excerpt(error.get("desc", "agent error")),
+                         error_class=excerpt(error.get("class", ""), 64))
+    return decoded.get("return") if isinstance(decoded, dict) else None
 
 
-def read_addresses(dom: libvirt.virDomain) -> list[str]:
-    """Blocking: the guest's addresses from every source that answers."""
-    found: list[str] = []
-    for source in ADDRESS_SOURCES:
+def read_host_view(dom: libvirt.virDomain) -> tuple[DomainNics, list[tuple[str, str]],
+                                                    list[tuple[str, str]]]:
+    """Blocking, no agent: the domain's NICs, its DHCP leases and its ARP entries."""
+    found = []
+    for source in (libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_LEASE,
+                   libvirt.VIR_DOMAIN_INTERFACE_ADDRESSES_SRC_ARP):
         try:
-            interfaces = dom.interfaceAddresses(source, 0) or {}
+            found.append(libvirt_entries(dom.interfaceAddresses(source, 0)))
         except libvirt.libvirtError:
-            continue  # no lease network, no agent, no ARP entry: try the next source
-        for info in interfaces.values():
-            found += [addr["addr"] for addr in info.get("addrs") or [] if addr.get("addr")]
-    return _sorted_addresses(found)
+            found.append([])  # no lease network, no ARP entry
+    return read_nics(dom), found[0], found[1]
+
+
+class _AgentCall:
+    """One call in flight to a guest's agent (at most one per guest)."""
+
+    __slots__ = ("command", "sent_at", "started", "abandoned")
+
+    def __init__(self, command: str, sent_at: float) -> None:
+        self.command = command
+        self.sent_at = sent_at  # loop time the probe asked for it
+        self.started = False  # a pool thread has begun the libvirt call
+        self.abandoned = False  # the caller stopped waiting: do not begin it any more
+
+
+def _run_agent_call(call: _AgentCall, fn: Callable[..., Any], *args: Any) -> Any:
+    """In a pool thread: the libvirt call, unless its caller gave up while it waited."""
+    if call.abandoned:
+        return None
+    call.started = True
+    return fn(*args)
 
 
 class LibvirtGuestAccess:
-    """GuestAccess for one domain; `dom` is replaced when the daemon reconnects."""
+    """GuestAccess for one domain; `dom` is replaced when the daemon reconnects.
+
+    Agent calls (docs/security.md, "Guest agents"): at most one per guest is in flight.
+    A probe that finds one pending is not run (AgentBusy). A call's verdict is
+    libvirt's: it sends the command with the probe's timeout and measures it on the
+    agent itself, so a FAILURE is never the time spent waiting for a thread or for
+    libvirtd. Waiting longer than timeout + guest-sync + 1 s for libvirt's answer gives
+    NoVerdict (an ERROR, not counted), and the call keeps its guest's slot until
+    it really ends: one hung agent holds one thread, never more.
+
+    Addresses (guest_addresses.py): leases and ARP entries from the host, plus the
+    agent's own report (through the same one-call slot), kept only when they belong to
+    the domain. Once addresses were found in this run, a look-up that finds none keeps
+    the last ones: a frozen guest answers no ARP and no agent, and its probes must go on
+    failing against where it was, not turn into uncounted "no address" errors.
+    """
 
     def __init__(self, dom: libvirt.virDomain, *, agent_pool: Executor, control_pool: Executor,
                  address_refresh_seconds: float = 30.0) -> None:
@@ -171,6 +223,7 @@ class LibvirtGuestAccess:
         self._addresses: list[str] = []
         self._addresses_at = float("-inf")
         self._address_lock = asyncio.Lock()
+        self._agent_pending: _AgentCall | None = None
 
     async def addresses(self) -> list[str]:
         cached = self.cached_addresses()
@@ -178,11 +231,26 @@ class LibvirtGuestAccess:
             return cached
         async with self._address_lock:
             if self._addresses_stale():  # nobody refreshed them while we waited
-                loop = asyncio.get_running_loop()
-                self._addresses = await loop.run_in_executor(
-                    self._control_pool, read_addresses, self.dom)
+                found = await self._look_up_addresses()
+                if found or not self._addresses:
+                    self._addresses = found
                 self._addresses_at = time.monotonic()
             return list(self._addresses)
+
+    async def _look_up_addresses(self) -> list[str]:
+        loop = asyncio.get_running_loop()
+        try:
+            nics, leases, arp = await loop.run_in_executor(self._control_pool,
+                                                           read_host_view, self.dom)
+        except libvirt.libvirtError as exc:
+            raise NoVerdict(f"libvirt cannot list the guest's addresses: "
+                            f"{excerpt(exc.get_error_message())}") from None
+        try:
+            reply = await self._call_agent(GUEST_INTERFACES, ADDRESS_AGENT_TIMEOUT)
+            reported = agent_entries(reply)
+        except (AgentUnavailable, AgentError, AgentBusy, NoVerdict):
+            reported = []  # no agent, or busy: the host's own sources alone this time
+        return probe_targets(nics, leases, reported + arp)
 
     def cached_addresses(self) -> list[str] | None:
         if self._addresses_stale():
@@ -203,25 +271,51 @@ class LibvirtGuestAccess:
         self._addresses_at = float("-inf")
 
     async def agent_command(self, command: dict[str, Any], timeout: float) -> Any:
+        return await self._call_agent(command, timeout)
+
+    async def _call_agent(self, command: dict[str, Any], timeout: float) -> Any:
         # libvirt treats 0 and negative values as "no wait" / "block forever": never pass them.
         seconds = max(1, int(round(timeout)))
-        text = json.dumps(command)
-        name = str(command.get("execute", "?"))
+        name = excerpt(command.get("execute", "?"), 64)
+        pending = self._agent_pending
         loop = asyncio.get_running_loop()
+        if pending is not None:
+            raise AgentBusy(f"not run: {pending.command} sent to the guest agent "
+                            f"{loop.time() - pending.sent_at:.1f} s ago has not returned "
+                            "yet (one agent call per guest at a time)")
+        call = self._agent_pending = _AgentCall(name, loop.time())
+        future = loop.run_in_executor(self._agent_pool, _run_agent_call, call,
+                                      libvirt_qemu.qemuAgentCommand, self.dom,
+                                      json.dumps(command), seconds, 0)
+        future.add_done_callback(functools.partial(self._agent_call_ended, call))
+        limit = seconds + AGENT_SYNC_SECONDS + ANSWER_SLACK_SECONDS
         try:
-            reply = await loop.run_in_executor(
-                self._agent_pool, libvirt_qemu.qemuAgentCommand, self.dom, text, seconds, 0)
+            reply = await asyncio.wait_for(asyncio.shield(future), limit)
+        except asyncio.TimeoutError:
+            call.abandoned = True
+            if not call.started:
+                raise NoVerdict(f"not run: every agent thread of the daemon was busy "
+                                     f"for {limit} s (agent_threads)") from None
+            raise NoVerdict(f"libvirt did not answer {name} within {limit} s "
+                                 "(libvirtd busy?)") from None
         except libvirt.libvirtError as exc:
             raise _agent_error(exc, name) from None
+        return decode_agent_reply(reply, name)
+
+    def _agent_call_ended(self, call: _AgentCall, future: asyncio.Future) -> None:
+        if self._agent_pending is call:
+            self._agent_pending = None
+        if not future.cancelled():
+            future.exception()  # retrieved: an abandoned call's error is not news
+
+    def prepare_agent(self) -> None:
+        """Blocking: bound every libvirt agent call on this domain that vmhealth cannot
+        give a timeout of its own (libvirt waits forever by default), so that a hung
+        agent cannot hold libvirtd's threads without end. Not every driver has it."""
         try:
-            decoded = json.loads(reply)
-        except (TypeError, ValueError):
-            raise AgentError(f"the guest agent's reply to {name} is not JSON") from None
-        if isinstance(decoded, dict) and "error" in decoded:
-            error = decoded["error"] if isinstance(decoded["error"], dict) else {}
-            raise AgentError(str(error.get("desc", "agent error")),
-                             error_class=str(error.get("class", "")))
-        return decoded.get("return") if isinstance(decoded, dict) else None
+            self.dom.agentSetResponseTimeout(AGENT_RESPONSE_TIMEOUT_SECONDS, 0)
+        except (libvirt.libvirtError, AttributeError):
+            pass
 
     async def refresh_state(self) -> DomainState:
         loop = asyncio.get_running_loop()

@@ -12,7 +12,9 @@ what guest-exec started, so a probe command must end on its own. A command that
 never ends costs one guest process per period.
 
 An agent that refuses guest-exec (qemu-ga's RPC block/allow list, as on RHEL by
-default) gives a FAILURE whose message names the fix.
+default) gives a FAILURE whose message names the fix. An agent that is not connected
+or does not answer is a FAILURE too (KubeVirt: "if the guest agent is not available,
+this probe will fail"); see common.agent_call for the other agent outcomes.
 """
 
 from __future__ import annotations
@@ -23,23 +25,20 @@ import binascii
 from typing import Any
 
 from vmhealth import spec
-from vmhealth.monitor.interfaces import (
-    AgentError,
-    AgentUnavailable,
-    GuestAccess,
-    Outcome,
-    ProbeResult,
-)
+from vmhealth.excerpt import excerpt
+from vmhealth.monitor.interfaces import AgentError, GuestAccess, Outcome, ProbeResult
 from vmhealth.monitor.probes.common import (
     OUTPUT_CAP_BYTES,
+    AgentProblem,
     ProbeClock,
-    printable_excerpt,
-    with_timeout,
+    agent_call,
 )
 
 FIRST_POLL_SECONDS = 0.05  # most probe commands end within a few tens of milliseconds
 POLL_GROWTH = 1.5
 MAX_POLL_SECONDS = 0.5
+# Of the (at most 10 KiB) output, what a status reason shows: a line or two.
+OUTPUT_EXCERPT_CHARS = 512
 BLOCKED_FIX = ("guest-exec is blocked by the guest agent's RPC filter; allow it by running "
                "`vmhealth guest setup` in the guest, or remove guest-exec and "
                "guest-exec-status from the block list (allow-rpcs/block-rpcs) in the "
@@ -91,10 +90,9 @@ async def _agent(access: GuestAccess, command: dict[str, Any], timeout: float,
                  clock: ProbeClock) -> Any:
     name = command["execute"]
     try:
-        return await with_timeout(access.agent_command(command, timeout), timeout + 1)
-    except AgentUnavailable as exc:
-        raise _AgentRefused(clock.result(Outcome.ERROR,
-                                         f"guest agent unavailable: {exc}")) from exc
+        return await agent_call(access, command, timeout)
+    except AgentProblem as problem:
+        raise _AgentRefused(clock.result(problem.outcome, problem.message)) from None
     except AgentError as exc:
         if is_blocked(exc):
             raise _AgentRefused(clock.result(Outcome.FAILURE, BLOCKED_FIX)) from exc
@@ -102,15 +100,16 @@ async def _agent(access: GuestAccess, command: dict[str, Any], timeout: float,
 
 
 def _finished(status: dict[str, Any], argv: tuple[str, ...], clock: ProbeClock) -> ProbeResult:
-    output = printable_excerpt(decode_output(status), OUTPUT_CAP_BYTES)
+    output = excerpt(decode_output(status), OUTPUT_EXCERPT_CHARS)
     suffix = f"; output: {output}" if output else ""
+    program = excerpt(argv[0], 64)
     if status.get("signal") is not None:
-        return clock.result(Outcome.FAILURE,
-                            f"{argv[0]} killed by signal {status['signal']}{suffix}")
+        return clock.result(Outcome.FAILURE, f"{program} killed by signal "
+                                             f"{excerpt(status['signal'], 32)}{suffix}")
     code = status.get("exitcode")
     if code == 0:
-        return clock.result(Outcome.SUCCESS, f"{argv[0]} exited 0{suffix}")
-    return clock.result(Outcome.FAILURE, f"{argv[0]} exited {code}{suffix}")
+        return clock.result(Outcome.SUCCESS, f"{program} exited 0{suffix}")
+    return clock.result(Outcome.FAILURE, f"{program} exited {excerpt(code, 32)}{suffix}")
 
 
 async def run_agent_exec_probe(probe: spec.Probe, access: GuestAccess) -> ProbeResult:
@@ -123,8 +122,9 @@ async def run_agent_exec_probe(probe: spec.Probe, access: GuestAccess) -> ProbeR
         started = await _agent(access, exec_command(handler.command),
                                probe.timeout_seconds, clock)
         pid = started["pid"] if isinstance(started, dict) else None
-        if not isinstance(pid, int):
-            return clock.result(Outcome.ERROR, f"guest-exec returned no pid ({started!r})")
+        if not isinstance(pid, int) or isinstance(pid, bool):
+            return clock.result(Outcome.ERROR,
+                                f"guest-exec returned no pid ({excerpt(repr(started))})")
         interval = FIRST_POLL_SECONDS
         while True:
             remaining = deadline - loop.time()
@@ -133,14 +133,17 @@ async def run_agent_exec_probe(probe: spec.Probe, access: GuestAccess) -> ProbeR
             await asyncio.sleep(min(interval, remaining))
             interval = min(interval * POLL_GROWTH, MAX_POLL_SECONDS)
             # A status poll gets at least a short moment even at the deadline's edge.
-            status = await _agent(access, status_command(pid),
-                                  max(deadline - loop.time(), 0.2), clock)
+            try:
+                status = await _agent(access, status_command(pid),
+                                      max(deadline - loop.time(), 0.2), clock)
+            except _AgentRefused as refused:
+                if refused.result.outcome is Outcome.SKIPPED:
+                    continue  # another probe's call to this agent: poll again later
+                raise
             if isinstance(status, dict) and status.get("exited"):
                 return _finished(status, handler.command, clock)
     except _AgentRefused as refused:
         return refused.result
-    except TimeoutError:
-        return clock.result(Outcome.ERROR, "guest agent did not answer in time")
     return clock.result(Outcome.FAILURE,
-                        f"{handler.command[0]} did not exit within {probe.timeout_seconds}s "
-                        f"(guest pid {pid} keeps running)")
+                        f"{excerpt(handler.command[0], 64)} did not exit within "
+                        f"{probe.timeout_seconds}s (guest pid {pid} keeps running)")

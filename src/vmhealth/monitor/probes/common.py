@@ -15,10 +15,13 @@ import time
 from collections.abc import Awaitable
 from typing import Callable, TypeVar
 
+from vmhealth.excerpt import excerpt
 from vmhealth.monitor.interfaces import (
-    AgentError,
+    AGENT_SYNC_SECONDS,
+    AgentBusy,
     AgentUnavailable,
     GuestAccess,
+    NoVerdict,
     Outcome,
     ProbeResult,
 )
@@ -61,9 +64,39 @@ else:  # pragma: no cover - exercised on EL9's Python 3.9
             raise TimeoutError from exc
 
 
+class AgentProblem(Exception):
+    """An agent call that ended without the agent's own answer, as a probe outcome."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome, self.message = outcome, message
+
+
+async def agent_call(access: GuestAccess, command: dict, timeout: float) -> object:
+    """One agent command for a probe; raises AgentError (the agent answered with an
+    error) or AgentProblem with the outcome the probe gets (docs/probes.md, "Guest agent
+    outcomes"): the agent absent or silent within the timeout is a FAILURE (KubeVirt:
+    "if the guest agent is not available, this probe will fail"); this guest's previous
+    call still in flight is SKIPPED; no verdict from libvirt is an ERROR."""
+    # GuestAccess bounds the call (timeout + libvirt's guest-sync); ours is the backstop
+    # for a seam that does not.
+    try:
+        return await with_timeout(access.agent_command(command, timeout),
+                                  timeout + AGENT_SYNC_SECONDS + 2)
+    except AgentUnavailable as exc:
+        raise AgentProblem(Outcome.FAILURE, f"guest agent unavailable: {excerpt(exc)}") from None
+    except AgentBusy as exc:
+        raise AgentProblem(Outcome.SKIPPED, excerpt(exc)) from None
+    except NoVerdict as exc:
+        raise AgentProblem(Outcome.ERROR, excerpt(exc)) from None
+    except TimeoutError:
+        raise AgentProblem(Outcome.ERROR, "no answer from the guest-agent call in time "
+                                          "(not counted)") from None
+
+
 def no_address_message(access: GuestAccess) -> str:
-    return (f"no IP address known for guest {access.name} yet "
-            "(no DHCP lease, agent or ARP entry); set the probe's host to skip "
+    return (f"no IP address known for guest {access.name} (no DHCP lease of its MACs, "
+            "no agent or ARP address on its networks); set the probe's host to skip "
             "address discovery")
 
 
@@ -81,13 +114,6 @@ def describe_os_error(exc: OSError) -> str:
     if exc.strerror:
         return exc.strerror[0].lower() + exc.strerror[1:]
     return str(exc) or type(exc).__name__
-
-
-def printable_excerpt(data: bytes, limit: int = 200) -> str:
-    """A short, single-line rendering of guest-controlled bytes for a message."""
-    text = data[:limit].decode("utf-8", "replace")
-    text = "".join(ch if ch.isprintable() else " " for ch in text).strip()
-    return text + ("..." if len(data) > limit else "")
 
 
 class ConnectFailed(Exception):
@@ -194,7 +220,10 @@ class NetworkRun:
 
     def _targets_found(self, hosts: list[str]) -> None:
         if not hosts:
-            self.finish(Outcome.ERROR, no_address_message(self.access))
+            # Counted, as kubelet counts a pod it cannot reach: a guest that never got
+            # an address is not up; startupProbe and initialDelaySeconds give it time.
+            # (Once it had addresses, GuestAccess keeps the last ones: docs/probes.md.)
+            self.finish(Outcome.FAILURE, no_address_message(self.access))
             return
         self.deadline = self.loop.time() + self._timeout
         try:  # inline rather than through _guarded: one call less on the hot path
@@ -205,8 +234,11 @@ class NetworkRun:
     async def _look_up_addresses(self) -> None:
         try:
             hosts = await self.access.addresses()
-        except (AgentUnavailable, AgentError, OSError):
-            hosts = []  # address discovery failed: nothing to try this time
+        except Exception as exc:  # noqa: BLE001 - the host's trouble (NoVerdict) or a bug
+            self._task = None
+            self.finish(Outcome.ERROR, f"cannot look up the guest's addresses: "
+                                       f"{excerpt(exc) or type(exc).__name__}")
+            return
         self._task = None
         self._targets_found(hosts)
 
