@@ -67,7 +67,7 @@ class FakeProber:
 
     def snapshot(self):
         return {kind: ProbeSnapshot(kind, kind is ProbeKind.LIVENESS,
-                                    "initial", None, 0, 0, False, False, False)
+                                    "initial", None, 0, 0, False, False)
                 for kind in self.spec.probes()}
 
     def start(self, **options) -> None:

@@ -223,25 +223,58 @@ async def test_readiness_lost_after_failure_threshold():
 
 
 @scenario
-async def test_liveness_failure_acts_once_then_holds_until_reset():
+async def test_liveness_acts_at_each_threshold_and_is_never_switched_off():
+    """An action that was skipped, failed or is `none` leaves the domain in this run:
+    liveness goes on probing, acts again after failureThreshold more failures, and
+    recovers when the guest does (issue: a held liveness never acted again)."""
     h = Harness(health(liveness=probe(ProbeKind.LIVENESS, failure_threshold=2)),
                 {ProbeKind.LIVENESS: [F]})
     h.prober.start()
-    await h.clock.advance(10)
-    assert len(h.listener.liveness_failed) == 1
-    assert h.script.times(ProbeKind.LIVENESS) == [0, 1]  # held: no probe after the action
+    await h.clock.advance(5.5)
+    assert h.script.times(ProbeKind.LIVENESS) == [0, 1, 2, 3, 4, 5]  # never held
+    assert len(h.listener.liveness_failed) == 3  # at failures 2, 4 and 6
     assert h.listener.flips(ProbeKind.LIVENESS) == [False]
-    assert h.prober.snapshot()[ProbeKind.LIVENESS].on_hold
+    snap = h.prober.snapshot()[ProbeKind.LIVENESS]
+    assert snap.healthy is False
+
+    h.script.outcomes[ProbeKind.LIVENESS] = [S]  # the guest recovers by itself
+    await h.clock.advance(1)
+    assert h.listener.flips(ProbeKind.LIVENESS) == [False, True]
 
     h.script.outcomes[ProbeKind.LIVENESS] = [F, S]
     h.prober.reset()  # the domain was restarted: a new run
     await settle()
-    assert h.listener.flips(ProbeKind.LIVENESS) == [False, True]
-    snap = h.prober.snapshot()[ProbeKind.LIVENESS]
-    assert not snap.on_hold
     await h.clock.advance(2.5)
-    assert len(h.listener.liveness_failed) == 1  # one F after reset: counters started over
-    assert h.script.times(ProbeKind.LIVENESS)[2:] == [10, 11, 12]
+    assert len(h.listener.liveness_failed) == 3  # one F after reset: counters started over
+    await h.prober.stop()
+
+
+@scenario
+async def test_a_skipped_probe_is_neither_counted_nor_retried():
+    K = Outcome.SKIPPED
+    h = Harness(health(liveness=probe(ProbeKind.LIVENESS, failure_threshold=2)),
+                {ProbeKind.LIVENESS: [F, K, K, F, S]})
+    h.prober.start()
+    await h.clock.advance(2.5)
+    assert h.script.times(ProbeKind.LIVENESS) == [0, 1, 2]  # one run per tick, no retry
+    assert (ProbeKind.LIVENESS, K, False) in h.listener.results
+    await h.clock.advance(1)
+    # F K K F: the skips broke nothing and counted nothing: two failures in a row.
+    assert len(h.listener.liveness_failed) == 1
+    await h.prober.stop()
+
+
+@scenario
+async def test_readiness_runs_at_once_when_startup_succeeds():
+    h = Harness(health(startup=probe(ProbeKind.STARTUP, period_seconds=1),
+                       readiness=probe(ProbeKind.READINESS, period_seconds=10)),
+                {ProbeKind.STARTUP: [F, S], ProbeKind.READINESS: [S]})
+    h.prober.start()
+    await h.clock.advance(1.5)
+    assert h.script.times(ProbeKind.STARTUP) == [0, 1]
+    assert h.script.times(ProbeKind.READINESS) == [1]  # not at 10: at once, as kubelet
+    await h.clock.advance(12)
+    assert h.script.times(ProbeKind.READINESS) == [1, 11]  # then every period from there
     await h.prober.stop()
 
 
@@ -271,10 +304,10 @@ async def test_startup_failure_takes_the_liveness_action():
                        liveness=probe(ProbeKind.LIVENESS)),
                 {ProbeKind.STARTUP: [F], ProbeKind.LIVENESS: [S]})
     h.prober.start()
-    await h.clock.advance(10)
-    assert len(h.listener.liveness_failed) == 1
-    assert h.script.times(ProbeKind.STARTUP) == [0, 1, 2]
-    assert h.script.times(ProbeKind.LIVENESS) == []
+    await h.clock.advance(8.5)
+    assert len(h.listener.liveness_failed) == 3  # every failureThreshold failures
+    assert h.script.times(ProbeKind.STARTUP) == list(range(9))  # never switched off
+    assert h.script.times(ProbeKind.LIVENESS) == []  # still gated
     await h.prober.stop()
 
 

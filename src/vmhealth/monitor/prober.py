@@ -16,8 +16,14 @@ which is kubelet's prober worker:
 - an ERROR (the probe could not be run at all) is retried, up to 3 attempts within
   one period, and never counted;
 - liveness (or startup) crossing failureThreshold calls listener.on_liveness_failed
-  once; the worker then holds until `reset()` (a new run of the domain), which
-  resets its counters;
+  and starts counting again from zero: liveness is never switched off for the rest of
+  a run. If the action restarts the domain, `reset()` starts a new run; if it was
+  skipped, failed or is `none`, the next failureThreshold failures call it again (the
+  daemon's back-off paces the actions, docs/daemon.md);
+- when a startup probe succeeds, readiness (and liveness) are probed at once, not at
+  their next period (kubelet does the same);
+- a SKIPPED result (this guest's previous agent call still in flight) is neither
+  counted nor retried: the tick simply did not happen;
 - first-probe jitter in [0, period) when the daemon itself just started, so probes do
   not fire in lock-step.
 
@@ -76,7 +82,7 @@ STATE_WORDS: dict[ProbeKind, tuple[str, str]] = {  # (healthy, unhealthy)
     ProbeKind.LIVENESS: ("alive", "liveness failed"),
     ProbeKind.STARTUP: ("started", "startup failed"),
 }
-HOLDING_KINDS = (ProbeKind.LIVENESS, ProbeKind.STARTUP)
+ACTING_KINDS = (ProbeKind.LIVENESS, ProbeKind.STARTUP)
 
 
 class Clock(Protocol):
@@ -122,7 +128,6 @@ class ProbeSnapshot:
     last_result: ProbeResult | None
     consecutive_successes: int
     consecutive_failures: int
-    on_hold: bool  # liveness/startup failed: not probed until the domain's next run
     waiting_for_startup: bool  # gated by a startup probe that has not succeeded yet
     finished: bool  # a startup probe that succeeded: not probed any more
 
@@ -150,7 +155,6 @@ class _Worker:
         self.last_result: ProbeResult | None = None
         self.run_outcome: Outcome | None = None  # outcome of the current run of results
         self.run_length = 0
-        self.on_hold = False
         self.finished = False
 
     def count(self, outcome: Outcome) -> int:
@@ -280,7 +284,7 @@ class DomainProber:
             kind=kind, healthy=w.healthy, reason=w.reason, last_result=w.last_result,
             consecutive_successes=w.run_length if w.run_outcome is Outcome.SUCCESS else 0,
             consecutive_failures=w.run_length if w.run_outcome is Outcome.FAILURE else 0,
-            on_hold=w.on_hold, waiting_for_startup=self._gated(w), finished=w.finished)
+            waiting_for_startup=self._gated(w), finished=w.finished)
             for kind, w in self._workers.items()}
 
     async def probe_once(self, kind: ProbeKind) -> ProbeResult:
@@ -295,9 +299,10 @@ class DomainProber:
         return worker.kind is not ProbeKind.STARTUP and not self._startup_passed
 
     def _on_tick(self, worker: _Worker, run: int) -> None:
-        if run != self._run or worker.finished:
-            return
-        if worker.on_hold or self._gated(worker):
+        if (run != self._run or worker.finished or worker.cancel is not None
+                or worker.lane is not None or self._clock.now() < worker.tick):
+            return  # stale: a run is in flight, the lane has it, or it was moved earlier
+        if self._gated(worker):
             self._schedule_next(worker)
             return
         if self._lateness_observer is not None:
@@ -351,7 +356,7 @@ class DomainProber:
         lanes = self._lanes
         if (lanes is None or result.outcome is not Outcome.SUCCESS
                 or worker.kind is ProbeKind.STARTUP or worker.healthy is not True
-                or worker.on_hold or worker.run_outcome is not Outcome.SUCCESS
+                or worker.run_outcome is not Outcome.SUCCESS
                 or worker.run_length < worker.probe.success_threshold):
             return False
         recipe = getattr(worker.start, "repeatable", None)
@@ -433,6 +438,9 @@ class DomainProber:
     def _take(self, worker: _Worker, result: ProbeResult) -> bool:
         """Count one result; True when an ERROR is to be retried within this period."""
         worker.last_result = result
+        if result.outcome is Outcome.SKIPPED:
+            self._listener.on_result(worker.kind, result, counted=False)
+            return False
         if result.outcome is not Outcome.ERROR:
             self._count(worker, result, worker.suppressed_before)
             return False
@@ -463,10 +471,20 @@ class DomainProber:
         if success and worker.kind is ProbeKind.STARTUP:
             worker.finished = True
             self._startup_passed = True
-        elif not success and worker.kind in HOLDING_KINDS:
-            worker.on_hold = True
-            worker.run_length = 0
+            self._probe_gated_now()
+        elif not success and worker.kind in ACTING_KINDS:
+            worker.run_length = 0  # the next failureThreshold failures act again
             self._listener.on_liveness_failed(result)
+
+    def _probe_gated_now(self) -> None:
+        """Startup just succeeded: probe the kinds it gated now, not a period later."""
+        now = self._clock.now()
+        for worker in self._workers.values():
+            if worker.kind is not ProbeKind.STARTUP and worker.tick > now:
+                # The tick scheduled before comes while this run is in flight or
+                # before worker.tick: _on_tick ignores it.
+                worker.tick = now
+                self._clock.call_at(now, worker.on_tick)
 
     def _publish(self, worker: _Worker, healthy: bool, reason: str,
                  result: ProbeResult) -> None:
