@@ -34,7 +34,7 @@ from vmhealth.spec import ProbeKind
 READY = {"name": "web1", "uuid": "u-1", "state": "running", "suppressed": None,
          "ready": True, "live": True, "probes": {}}
 NOT_READY = {"name": "web2", "uuid": "u-2", "state": "paused", "suppressed": "paused by the user",
-             "ready": False, "live": True,
+             "ready": False, "notReadyReason": "domain paused by the user", "live": True,
              "probes": {"readiness": {"healthy": False, "reason": "connection refused",
                                       "since": 0}}}
 
@@ -124,7 +124,7 @@ def test_ready_endpoint_answers_200_or_503(client):
     import http.client
     for domain, expected_status, expected_text in (
             ("web1", 200, "ready\n"),
-            ("web2", 503, "not ready: readiness: connection refused\n"),
+            ("web2", 503, "not ready: domain paused by the user\n"),
             ("nosuch", 503, "not ready: not monitored\n")):
         conn, response = client._request("GET", f"/ready/{domain}")
         assert (response.status, response.read().decode()) == (expected_status, expected_text)

@@ -205,11 +205,7 @@ def build_app(source: StatusSource, *, permission: ProbePermission | None = None
             return web.Response(text="not ready: not monitored\n", status=503)
         if entry["ready"]:
             return web.Response(text="ready\n")
-        probes = entry.get("probes", {})
-        reasons = [f"{kind}: {p['reason']}" for kind, p in probes.items() if not p["healthy"]]
-        if "action" in entry:
-            reasons.insert(0, f"liveness action {entry['action']['action']} in progress")
-        return web.Response(text="not ready: " + ("; ".join(reasons) or "unknown") + "\n",
+        return web.Response(text=f"not ready: {entry.get('notReadyReason') or 'unknown'}\n",
                             status=503)
 
     @routes.get("/events")

@@ -428,10 +428,12 @@ class Daemon:
                                     address_refresh_seconds=self.config.address_refresh_seconds)
         try:
             await access.refresh_state()
+            await self._call(access.prepare_agent)
         except libvirt.libvirtError:
             pass  # suppression_reason() says "state not known yet" until the next refresh
         monitor = DomainMonitor(uuid, run_id, spec, access, events=self.events,
-                                metrics=self.metrics, on_liveness_failed=self._liveness_failed)
+                                metrics=self.metrics, on_liveness_failed=self._liveness_failed,
+                                pending_action=self._pending_action)
         monitor.attach(self._prober_factory(spec, access, monitor, lanes=self.lanes))
         self.monitors[uuid] = monitor
         # Jitter only for domains found running (daemon or libvirtd restart): many probes
@@ -519,7 +521,11 @@ class Daemon:
         try:
             await monitor.access.refresh_state()
         except libvirt.libvirtError:
-            pass  # gone or disconnected: events and reconcile deal with that
+            return  # gone or disconnected: events and reconcile deal with that
+        monitor.readiness_changed()  # paused or resumed: not ready / ready again
+
+    def _pending_action(self, uuid: str) -> Any:
+        return self.actions.pending.get(uuid) if self.actions is not None else None
 
     async def _refresh_states_forever(self) -> None:
         loop = asyncio.get_running_loop()
@@ -542,6 +548,8 @@ class Daemon:
         kind = monitor.failing_kind()
         if self._stop.is_set() or self.monitors.get(monitor.uuid) is not monitor:
             return  # stopping, or the domain was restarted/released meanwhile
+        if self._pending_action(monitor.uuid) is not None:
+            return  # the action in flight answers this failure too
         await self._refresh_state(monitor)  # never act on a stale "running"
         suppressed = monitor.access.suppression_reason()
         if suppressed:
@@ -556,7 +564,11 @@ class Daemon:
         probe = monitor.spec.probes()[kind]
         task = self.actions.start(monitor.access.dom, action,
                                   monitor.spec.grace_period_for(probe), result.message)
-        if task is not None and action is LivenessAction.RESET:
+        if task is None:
+            return
+        monitor.readiness_changed()  # not ready while the action runs
+        task.add_done_callback(lambda _task: monitor.readiness_changed())
+        if action is LivenessAction.RESET:
             # A reset is a new boot without stop/start events: probe it afresh.
             await task
             self._spawn(self.adopt(monitor.access.dom, "reset", new_run=True))
@@ -577,25 +589,18 @@ class Daemon:
             self.lanes.fold_all()
 
     def status(self) -> dict[str, Any]:
+        """Every domain's entry, each exactly what domain_status() gives for it."""
         self._fold_lanes()
         pending = self.actions.pending if self.actions else {}
-        domains = []
-        for monitor in sorted(self.monitors.values(), key=lambda m: m.name):
-            entry = monitor.to_dict()
-            if monitor.uuid in pending:
-                entry["action"] = pending[monitor.uuid].to_dict()
-            domains.append(entry)
+        domains = [monitor.to_dict()
+                   for monitor in sorted(self.monitors.values(), key=lambda m: m.name)]
         return {"libvirtConnected": self.conn is not None, "domains": domains,
                 "actionsInFlight": {uuid: p.to_dict() for uuid, p in pending.items()}}
 
     def domain_status(self, key: str) -> dict[str, Any]:
         monitor = self.find(key)
         monitor.prober.fold_lanes()
-        entry = monitor.to_dict()
-        if self.actions is not None and monitor.uuid in self.actions.pending:
-            entry["action"] = self.actions.pending[monitor.uuid].to_dict()
-            entry["ready"] = False
-        return entry
+        return monitor.to_dict()
 
     async def run_probe_once(self, key: str, kind: ProbeKind) -> ProbeResult:
         monitor = self.find(key)

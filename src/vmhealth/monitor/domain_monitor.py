@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.interfaces import ProbeResult, StateChange
-from vmhealth.monitor.libvirt_access import LibvirtGuestAccess
+from vmhealth.monitor.libvirt_access import LibvirtGuestAccess, paused_reason
 from vmhealth.monitor.metrics import Metrics
 from vmhealth.spec import HealthSpec, ProbeKind
 
@@ -46,7 +46,8 @@ class ProbeStatus:
 class DomainMonitor:
     def __init__(self, uuid: str, run_id: int, spec: HealthSpec, access: LibvirtGuestAccess,
                  *, events: EventLog, metrics: Metrics,
-                 on_liveness_failed: Callable[[DomainMonitor, ProbeResult], None]) -> None:
+                 on_liveness_failed: Callable[[DomainMonitor, ProbeResult], None],
+                 pending_action: Callable[[str], Any] = lambda uuid: None) -> None:
         self.uuid = uuid
         self.run_id = run_id  # libvirt's domain id: changes with every start
         self.spec = spec
@@ -57,6 +58,9 @@ class DomainMonitor:
         self._events = events
         self._metrics = metrics
         self._on_liveness_failed = on_liveness_failed
+        self._pending_action = pending_action  # the liveness action in flight, if any
+        self._published_ready: bool | None = None
+        self._was_paused = False
 
     def attach(self, prober: Any) -> None:
         """Take the prober's initial states (it publishes only changes after that)."""
@@ -66,6 +70,7 @@ class DomainMonitor:
             self.probes[kind] = ProbeStatus(snapshot.healthy, snapshot.reason, now,
                                             snapshot.last_result)
             self._metrics.set_healthy(self.name, kind, snapshot.healthy)
+        self.readiness_changed()
 
     @property
     def name(self) -> str:
@@ -101,6 +106,7 @@ class DomainMonitor:
         if change.healthy is not None:
             self._events.record(self.name, good if change.healthy else bad,
                                 f"{change.kind.short}: {change.reason}", probe=change.kind.short)
+        self.readiness_changed()
 
     def on_liveness_failed(self, result: ProbeResult) -> None:
         self._on_liveness_failed(self, result)
@@ -113,14 +119,52 @@ class DomainMonitor:
             return ProbeKind.STARTUP
         return ProbeKind.LIVENESS
 
-    @property
-    def ready(self) -> bool:
+    def not_ready_because(self) -> str | None:
+        """Why the domain is not ready, or None when it is: the one rule behind
+        `ready` in `status`, `status DOMAIN`, /ready/<domain> and the metrics."""
+        pending = self._pending_action(self.uuid)
+        if pending is not None:
+            return f"liveness action {pending.action} in progress ({pending.phase})"
+        paused = paused_reason(self.access.state)
+        if paused is not None:
+            # KubeVirt's readiness gate kubevirt.io/virtual-machine-unpaused.
+            return f"domain {paused}"
         startup = self.probes.get(ProbeKind.STARTUP)
         if startup is not None and startup.healthy is not True:
-            return False
+            return f"{ProbeKind.STARTUP.short}: {startup.reason}"
+        liveness = self.probes.get(ProbeKind.LIVENESS)
+        if liveness is not None and liveness.healthy is False:
+            return f"{ProbeKind.LIVENESS.short}: {liveness.reason}"
         readiness = self.probes.get(ProbeKind.READINESS)
         # Kubernetes: without a readiness probe a started container counts as ready.
-        return readiness is None or readiness.healthy is True
+        if readiness is not None and readiness.healthy is not True:
+            return f"{ProbeKind.READINESS.short}: {readiness.reason}"
+        return None
+
+    @property
+    def ready(self) -> bool:
+        return self.not_ready_because() is None
+
+    def readiness_changed(self) -> None:
+        """Publish the domain's readiness (metric) when it flips; a flip that no probe
+        made (a pause, a resume, an action) gets its own event."""
+        reason = self.not_ready_because()
+        ready = reason is None
+        if ready == self._published_ready:
+            return
+        first = self._published_ready is None
+        self._published_ready = ready
+        self._metrics.set_ready(self.name, ready)
+        if first:
+            return
+        paused = paused_reason(self.access.state)
+        if paused is not None and not ready:
+            self._events.record(self.name, "NotReady", f"not ready: domain {paused}",
+                                reason="paused")
+        elif ready and self._was_paused:
+            self._events.record(self.name, "Ready", "ready: domain resumed",
+                                reason="resumed")
+        self._was_paused = paused is not None
 
     @property
     def live(self) -> bool:
@@ -132,15 +176,21 @@ class DomainMonitor:
         # Probes the native lane repeats (docs/probes.md); their last result is the
         # lane's latest success, folded in before status is read.
         native = self.prober.native_kinds() if self.prober is not None else set()
-        return {
+        not_ready = self.not_ready_because()
+        pending = self._pending_action(self.uuid)
+        entry = {
             "name": self.name,
             "uuid": self.uuid,
             "state": state.name if state is not None else "unknown",
             "suppressed": self.access.suppression_reason(),
-            "ready": self.ready,
+            "ready": not_ready is None,
+            "notReadyReason": not_ready,
             "live": self.live,
             "adoptedAt": self.adopted_at,
             "onLivenessFailure": self.spec.on_liveness_failure.value,
             "probes": {kind.short: status.to_dict(native_lane=kind in native)
                        for kind, status in self.probes.items()},
         }
+        if pending is not None:
+            entry["action"] = pending.to_dict()
+        return entry

@@ -116,6 +116,21 @@ def _suppression_by_state(state: int, reason: int) -> str | None:
     return None
 
 
+# A live migration pauses its guest for its last moments: that is not "paused" to an
+# operator or a load balancer (KubeVirt keeps a migrating VMI ready too).
+MIGRATION_PAUSES = (libvirt.VIR_DOMAIN_PAUSED_MIGRATION, libvirt.VIR_DOMAIN_PAUSED_POSTCOPY)
+
+
+def paused_reason(state: DomainState | None) -> str | None:
+    """"paused by the user" (etc.) while the domain is paused, None otherwise: a paused
+    guest serves nothing, so it is not ready, whatever its last probe said."""
+    if state is None or state.state != libvirt.VIR_DOMAIN_PAUSED:
+        return None
+    if state.reason in MIGRATION_PAUSES:
+        return None
+    return SUPPRESSING_PAUSE_REASONS.get(state.reason, "paused")
+
+
 def read_state(dom: libvirt.virDomain) -> DomainState:
     """Blocking: the domain's state and its current job (if the driver reports jobs).
 

@@ -91,6 +91,9 @@ class Metrics:
         self.healthy = Gauge(
             "vmhealth_probe_healthy", "Published state per probe: 1 healthy, 0 not, -1 unknown",
             ["domain", "probe"], registry=self.registry)
+        self.ready = Gauge(
+            "vmhealth_domain_ready", "1 while the domain is ready (what /ready answers): "
+            "probes, pause and liveness actions together", ["domain"], registry=self.registry)
         self.actions = Counter(
             "vmhealth_liveness_actions", "Liveness actions taken (restart, reset, ...)",
             ["domain", "action"], registry=self.registry)
@@ -145,8 +148,15 @@ class Metrics:
     def set_healthy(self, domain: str, kind: ProbeKind, healthy: bool | None) -> None:
         self.healthy.labels(domain, kind.short).set(-1 if healthy is None else int(healthy))
 
+    def set_ready(self, domain: str, ready: bool) -> None:
+        self.ready.labels(domain).set(int(ready))
+
     def forget_domain(self, domain: str) -> None:
         """Drop a domain's gauges once it is no longer monitored (counters stay)."""
+        try:
+            self.ready.remove(domain)
+        except KeyError:
+            pass
         for kind in ProbeKind:
             try:
                 self.healthy.remove(domain, kind.short)
