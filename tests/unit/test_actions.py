@@ -130,3 +130,34 @@ def test_a_libvirt_refusal_is_recorded(conn):
 @pytest.fixture(autouse=True)
 def _quiet():
     libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+
+
+class FailingStart:
+    """A test-driver domain whose first `failures` starts fail, as a missing disk would."""
+
+    def __init__(self, dom, failures: int) -> None:
+        self._dom, self.failures, self.starts = dom, failures, 0
+
+    def __getattr__(self, name):
+        return getattr(self._dom, name)
+
+    def create(self):
+        self.starts += 1
+        if self.starts <= self.failures:
+            error = libvirt.libvirtError("Cannot access storage file '/gone.img'")
+            error.err = (libvirt.VIR_ERR_INTERNAL_ERROR, 0, error.args[0], 0, None, None,
+                         None, 0, 0)
+            raise error
+        return self._dom.create()
+
+
+def test_a_restart_whose_start_fails_tries_again_after_the_back_off(conn):
+    """Nobody else would start it: the action keeps trying, paced by the back-off."""
+    dom = FailingStart(conn.lookupByName("web1"), failures=2)
+    runner = asyncio.run(take(dom, LivenessAction.RESTART, initial=0.05))
+    assert dom.starts == 3 and dom.isActive()
+    types = [e.type for e in runner._events.recent()]
+    assert types.count("LivenessActionFailed") == 2
+    assert types.count("RestartBackOff") == 2  # waited before the 2nd and 3rd start
+    assert types[-1] == "LivenessAction"
+    assert runner.backoff(dom.UUIDString()).count == 3

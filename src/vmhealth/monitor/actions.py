@@ -21,6 +21,7 @@ from typing import Any, Callable
 
 import libvirt
 
+from vmhealth.excerpt import excerpt
 from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.logfmt import log_fields
 from vmhealth.spec import LivenessAction
@@ -173,22 +174,41 @@ class ActionRunner:
         self._phase(uuid, "destroying")
         await self._destroy_if_active(dom)
         backoff = self.backoff(uuid)
-        delay = backoff.delay(self._clock())
-        if delay > 0:
-            self._phase(uuid, "backing off", time.time() + delay)
-            self._events.record(dom.name(), "RestartBackOff",
-                                f"restart back-off: starting again in {delay:g} s",
-                                delaySeconds=delay, restarts=backoff.count)
+        while True:
+            await self._back_off(dom, uuid, backoff)
+            self._phase(uuid, "starting")
             try:
-                await asyncio.wait_for(self.stopping.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
-        self._phase(uuid, "starting")
-        if persistent:
-            await self._call(dom.create)
-        else:
-            await self._call(dom.connect().createXML, xml, 0)
-        backoff.record(self._clock())
+                if persistent:
+                    await self._call(dom.create)
+                else:
+                    await self._call(dom.connect().createXML, xml, 0)
+            except libvirt.libvirtError as exc:
+                # The domain cannot start now (a missing disk, no memory...): keep trying
+                # after the back-off, or nobody would start it again. Unless it is gone,
+                # someone else started it, or the daemon stops.
+                backoff.record(self._clock())
+                if (self.stopping.is_set() or exc.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN
+                        or await self._is_active(dom)):
+                    raise
+                self._events.record(dom.name(), "LivenessActionFailed",
+                                    f"start failed: {excerpt(exc.get_error_message())}; "
+                                    "trying again after the back-off", action="restart")
+                continue
+            backoff.record(self._clock())
+            return
+
+    async def _back_off(self, dom: Any, uuid: str, backoff: Backoff) -> None:
+        delay = backoff.delay(self._clock())
+        if delay <= 0:
+            return
+        self._phase(uuid, "backing off", time.time() + delay)
+        self._events.record(dom.name(), "RestartBackOff",
+                            f"restart back-off: starting again in {delay:g} s",
+                            delaySeconds=delay, restarts=backoff.count)
+        try:
+            await asyncio.wait_for(self.stopping.wait(), delay)
+        except asyncio.TimeoutError:
+            pass
 
     async def _is_active(self, dom: Any) -> bool:
         try:
