@@ -239,18 +239,35 @@ class LibvirtGuestAccess:
         self._addresses_at = float("-inf")
         self._address_lock = asyncio.Lock()
         self._agent_pending: _AgentCall | None = None
+        self._refreshing: asyncio.Future | None = None  # a background address look-up
 
     async def addresses(self) -> list[str]:
         cached = self.cached_addresses()
         if cached is not None:  # the common case: no lock, no await
             return cached
-        async with self._address_lock:
-            if self._addresses_stale():  # nobody refreshed them while we waited
-                found = await self._look_up_addresses()
-                if found or not self._addresses:
-                    self._addresses = found
-                self._addresses_at = time.monotonic()
+        if self._addresses:
+            # Known but stale: probe them now and look again in the background. A
+            # frozen guest's agent makes a look-up take seconds (libvirt's guest-sync),
+            # which must not delay the probes that are to find it frozen.
+            if self._refreshing is None or self._refreshing.done():
+                self._refreshing = asyncio.ensure_future(self._refresh_addresses())
             return list(self._addresses)
+        await self._refresh_addresses()
+        return list(self._addresses)
+
+    async def _refresh_addresses(self) -> None:
+        async with self._address_lock:
+            if not self._addresses_stale():
+                return  # refreshed while we waited for the lock
+            try:
+                found = await self._look_up_addresses()
+            except NoVerdict:
+                if not self._addresses:
+                    raise
+                found = []  # libvirt could not be asked: keep what we had
+            if found or not self._addresses:
+                self._addresses = found
+            self._addresses_at = time.monotonic()
 
     async def _look_up_addresses(self) -> list[str]:
         loop = asyncio.get_running_loop()
