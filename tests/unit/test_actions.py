@@ -80,7 +80,11 @@ class StubbornDomain:
     def UUIDString(self): return "6695eb01-f6a4-8304-79aa-97f2502e1777"
     def isPersistent(self): return True
     def isActive(self): return self.active
-    def shutdown(self): self.calls.append("shutdown")
+    def shutdown(self): self.calls.append("shutdown through the agent, then ACPI")
+
+    def shutdownFlags(self, flags):  # noqa: N802 - libvirt's name
+        assert flags == libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN  # never the agent
+        self.calls.append("shutdown")
 
     def destroy(self):
         self.calls.append("destroy")

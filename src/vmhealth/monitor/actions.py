@@ -1,6 +1,7 @@
 """What the daemon does when liveness fails: restart, reset, poweroff or nothing.
 
-Restart is the Kubernetes sequence adapted to a VM: ask the guest to shut down (ACPI),
+Restart is the Kubernetes sequence adapted to a VM: ask the guest to shut down (the
+ACPI power button, never through the agent: see _press_power_button),
 give it terminationGracePeriodSeconds, destroy it if it is still running, then start
 it again. Restarts of one domain back off exponentially (10 s, 20 s, ... capped at
 5 minutes) so a guest that fails every time does not loop; the count starts over once
@@ -64,6 +65,24 @@ class PendingAction:
     def to_dict(self) -> dict[str, Any]:
         return {"action": self.action, "phase": self.phase, "since": self.since,
                 "resumeAt": self.resume_at}
+
+
+def _press_power_button(dom: Any) -> None:
+    """Blocking: ask the guest to shut down with the ACPI power button only.
+
+    Kubernetes sends SIGTERM; the VM's equivalent is the power button. libvirt's plain
+    shutdown() tries the guest agent first, and a hung guest's agent holds that call
+    (and the domain's job) for up to a minute before libvirt falls back to ACPI: the
+    grace period would start a minute late, exactly for the guests liveness exists for.
+    Drivers without the flag (the test driver) get the plain call."""
+    try:
+        dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+    except libvirt.libvirtError as exc:
+        if exc.get_error_code() not in (libvirt.VIR_ERR_INVALID_ARG,
+                                        libvirt.VIR_ERR_NO_SUPPORT,
+                                        libvirt.VIR_ERR_ARGUMENT_UNSUPPORTED):
+            raise
+        dom.shutdown()
 
 
 class ActionRunner:
@@ -166,7 +185,7 @@ class ActionRunner:
         self._phase(uuid, "shutting down")
         if await self._is_active(dom):
             try:
-                await self._call(dom.shutdown)
+                await self._call(_press_power_button, dom)
             except libvirt.libvirtError as exc:
                 log.warning("graceful shutdown refused; destroying", extra=log_fields(
                     domain=dom.name(), error=str(exc)))
