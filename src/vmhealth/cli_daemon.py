@@ -7,6 +7,8 @@ manager (Pacemaker VirtualDomain's monitor_scripts) can call it as is.
 
 Everything shown from the daemon (reasons, messages, names, its errors) is printed
 through vmhealth.terminal, which escapes control characters: it may quote a guest.
+The tables of `status` and `events` (vmhealth.status_table) escape every cell the
+same way before measuring it, and only then add colours of their own.
 """
 
 from __future__ import annotations
@@ -14,19 +16,42 @@ from __future__ import annotations
 import asyncio
 import datetime
 import json
+import os
 import re
+import sys
 import time
+from collections.abc import Iterable
 from typing import Any
 
 import click
+import yaml
 
 from vmhealth.monitor.client import DEFAULT_SOCKET, ApiClient, ApiError, ApiUnavailable
 from vmhealth.spec import ProbeKind
+from vmhealth.status_table import (
+    EVENT_COLUMNS,
+    FOLLOW_WIDTHS,
+    Table,
+    event_row,
+    events_table,
+    render,
+    status_table,
+)
 from vmhealth.terminal import echo, for_terminal
 
 WAIT_POLL_SECONDS = 1.0
 # `vmhealth probe` waits out the daemon's rate limit (429 + Retry-After) this long at most.
 PROBE_RETRY_SECONDS = 5.0
+STATUS_OUTPUTS = ["table", "wide", "json", "yaml"]
+EVENT_OUTPUTS = ["table", "text", "json"]
+MACHINE = ("json", "yaml")
+# `status --watch` asks the daemon at most this often (each answer lists every domain).
+MIN_WATCH_INTERVAL = 0.5
+# Event times in the operator's local time; tests pin a zone (None: local).
+TIME_ZONE: datetime.tzinfo | None = None
+# The clock and the wait of `status`/`--watch`: tests replace both.
+_now = time.time
+_sleep = time.sleep
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 
 
@@ -68,43 +93,6 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         raise Failure(str(exc)) from None
 
 
-def _when(timestamp: float | None) -> str:
-    if not timestamp:
-        return "-"
-    return datetime.datetime.fromtimestamp(timestamp).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def _yes_no(value: bool | None) -> str:
-    return {True: "yes", False: "no", None: "unknown"}[value]
-
-
-def _print_domain(entry: dict[str, Any]) -> None:
-    echo(f"{entry['name']} ({entry['uuid']}): state {entry.get('state', 'unknown')}, "
-               f"ready {_yes_no(entry['ready'])}, live {_yes_no(entry['live'])}")
-    if entry.get("suppressed"):
-        echo(f"  failures not counted: domain is {entry['suppressed']}")
-    if entry.get("action"):
-        action = entry["action"]
-        echo(f"  liveness action {action['action']}: {action['phase']}")
-    for kind, probe in entry.get("probes", {}).items():
-        echo(f"  {kind}: {_healthy_word(kind, probe['healthy'])} - {probe['reason']} "
-                   f"(since {_when(probe['since'])})")
-        last = probe.get("lastResult")
-        if last:
-            counted = "" if last["counted"] else ", not counted"
-            lane = ", repeated by the native lane" if probe.get("nativeLane") else ""
-            echo(f"    last: {last['outcome']} at {_when(last['time'])} in "
-                       f"{last['duration'] * 1000:.0f} ms{counted}{lane}: {last['message']}")
-
-
-def _healthy_word(kind: str, healthy: bool | None) -> str:
-    words = {"readiness": ("ready", "not ready"), "liveness": ("alive", "failing"),
-             "startup": ("started", "not started")}.get(kind, ("healthy", "unhealthy"))
-    if healthy is None:
-        return "unknown"
-    return words[0] if healthy else words[1]
-
-
 @click.command("daemon")
 @click.option("--config", "config_path", envvar="VMHEALTH_CONFIG",
               default="/etc/vmhealth/vmhealth.conf", show_default=True,
@@ -140,25 +128,122 @@ def raise_open_file_limit() -> None:
 
 @click.command("status")
 @click.argument("domain", required=False)
-@output_option
+@click.option("-o", "--output", type=click.Choice(STATUS_OUTPUTS), default="table",
+              show_default=True,
+              help="table; wide: also each probe's last result and what explains the "
+                   "state; json or yaml: the daemon's answer as it is.")
+@click.option("-w", "--watch", is_flag=True,
+              help="Keep asking; print again whenever something changed (Ctrl-C ends).")
+@click.option("--interval", default="2s", show_default=True,
+              help="With --watch: how often to ask the daemon.")
 @socket_option
-def status_command(domain: str | None, output: str, socket_path: str) -> None:
-    """Health of every monitored domain, or of one (exit 1 unless live and ready)."""
+def status_command(domain: str | None, output: str, watch: bool, interval: str,
+                   socket_path: str) -> None:
+    """Health of every monitored domain, or of one (exit 1 unless live and ready).
+
+    \b
+    NAME STATE READY LIVE RESTARTS AGE LAST-EVENT, as `virsh list` and `kubectl get vmi`:
+    STATE is libvirt's; AGE counts from the daemon's adoption of this run of the
+    domain; RESTARTS and LAST-EVENT come from the daemon's recent events.
+    """
+    seconds = parse_duration(interval)
+    if seconds < MIN_WATCH_INTERVAL:
+        raise click.BadParameter(f"must be at least {MIN_WATCH_INTERVAL:g}s, got {interval!r}",
+                                 param_hint="--interval")
     client = _client(socket_path)
-    data = _call(client.status, domain)
-    if output == "json":
-        echo(json.dumps(data, indent=2))
-    elif domain:
-        _print_domain(data)
+    view = _call(_fetch_status, client, domain, output)
+    if watch:
+        view = _watch_status(client, domain, output, seconds, view)
     else:
-        if not data["libvirtConnected"]:
-            echo("warning: the daemon is not connected to libvirt", err=True)
-        if not data["domains"]:
-            echo("no domain is monitored")
-        for entry in data["domains"]:
-            _print_domain(entry)
-    if domain and not (data["ready"] and data["live"]):
+        _print_status(view, output)
+    if domain and not view.healthy:
         raise SystemExit(1)
+
+
+class StatusView:
+    """One answer of the daemon: its /status (or /status/<domain>) and, for the tables,
+    the events restarts and last events are read from."""
+
+    def __init__(self, data: Any, domain: str | None, events: list[dict[str, Any]]) -> None:
+        self.data = data
+        self.entries: list[dict[str, Any]] = [data] if domain else data.get("domains") or []
+        self.connected = True if domain else bool(data.get("libvirtConnected"))
+        self.events = events
+        self.healthy = bool(data.get("ready") and data.get("live")) if domain else True
+
+    def table(self, output: str) -> Table:
+        return status_table(self.entries, self.events, _now(), wide=output != "table")
+
+    def key(self, output: str) -> Any:
+        """What a watch compares: the table without what the clock alone changes (for
+        json and yaml, the wide table's: a probe's every new result is not news)."""
+        return self.connected, self.table("wide" if output in MACHINE else output).key()
+
+
+def _fetch_status(client: ApiClient, domain: str | None, output: str) -> StatusView:
+    data = client.status(domain)
+    events: list[dict[str, Any]] = []
+    if output not in MACHINE:
+        name = data.get("name") if domain else None  # the name when asked by UUID
+        events = list(client.events(domain=name))
+    return StatusView(data, domain, events)
+
+
+def _print_status(view: StatusView, output: str, *, again: bool = False) -> None:
+    if output == "json":
+        echo(json.dumps(view.data, indent=2))
+        return
+    if output == "yaml":
+        echo(("---\n" if again else "") + yaml.safe_dump(view.data, sort_keys=False),
+             nl=False)
+        return
+    if again:
+        echo("")
+    if not view.connected:
+        echo("warning: the daemon is not connected to libvirt", err=True)
+    if not view.entries:
+        echo("no domain is monitored", err=True)
+        return
+    _print_lines(render(view.table(output), colour=_colour()))
+
+
+def _watch_status(client: ApiClient, domain: str | None, output: str, interval: float,
+                  view: StatusView) -> StatusView:
+    """Print `view`, then ask again every `interval` and print again when the answer
+    changed, until Ctrl-C; every request has the client's timeout. An unreachable
+    daemon (restarting) or a domain not monitored for a while (a restart in progress)
+    is said once on stderr and the watch goes on. Returns the last answer."""
+    _print_status(view, output)
+    shown, problem = view.key(output), None
+    try:
+        while True:
+            _sleep(interval)
+            try:
+                latest = _fetch_status(client, domain, output)
+            except (ApiUnavailable, ApiError) as exc:
+                if str(exc) != problem:
+                    echo(f"error: {exc}", err=True)
+                problem, shown = str(exc), None
+                view.healthy = False
+                continue
+            problem, view, key = None, latest, latest.key(output)
+            if key != shown:
+                _print_status(view, output, again=True)
+                shown = key
+    except KeyboardInterrupt:
+        return view
+
+
+def _print_lines(lines: list[str]) -> None:
+    """Lines from status_table: every cell in them is escaped already, so they may be
+    printed with their colours (echo would escape those too)."""
+    for line in lines:
+        click.echo(line)
+
+
+def _colour() -> bool:
+    """Colour only on a terminal, and never with NO_COLOR set (no-color.org)."""
+    return sys.stdout.isatty() and not os.environ.get("NO_COLOR")
 
 
 @click.command("wait")
@@ -196,23 +281,38 @@ def wait_command(domain: str, condition: str, timeout: str, socket_path: str) ->
 @click.command("events")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new events.")
 @click.option("--domain", help="Only this domain's events.")
-@output_option
+@click.option("-o", "--output", type=click.Choice(EVENT_OUTPUTS), default="table",
+              show_default=True,
+              help="table: TIME DOMAIN TYPE MESSAGE with a header; text: the same "
+                   "columns, no header, no colour; json: one event per line.")
 @socket_option
 def events_command(follow: bool, domain: str | None, output: str, socket_path: str) -> None:
     """Recent events (probe state changes, actions, watchdog, agent), oldest first."""
     client = _client(socket_path)
     try:
-        for event in client.events(follow=follow, domain=domain):
-            if output == "json":
+        events = client.events(follow=follow, domain=domain)
+        if output == "json":
+            for event in events:
                 echo(json.dumps(event))
-            else:
-                where = event["domain"] or "-"
-                echo(f"{_when(event['time'])}  {where:<20} {event['type']:<20} "
-                           f"{event['message']}")
+        elif follow or output == "text":
+            _stream_events(events, header=output == "table")
+        else:
+            _print_lines(render(events_table(events, TIME_ZONE), colour=_colour()))
     except ApiUnavailable as exc:
         raise Failure(str(exc)) from None
     except KeyboardInterrupt:
         pass
+
+
+def _stream_events(events: Iterable[dict[str, Any]], *, header: bool) -> None:
+    """Each event as it comes, in columns of fixed width (rows not yet seen cannot be
+    measured); a longer name or type pushes the rest of its line."""
+    colour = header and _colour()
+    if header:
+        _print_lines(render(events_table([]), min_widths=FOLLOW_WIDTHS))
+    for event in events:
+        row = Table(EVENT_COLUMNS, [event_row(event, TIME_ZONE)])
+        _print_lines(render(row, colour=colour, header=False, min_widths=FOLLOW_WIDTHS))
 
 
 @click.command("probe")

@@ -179,8 +179,10 @@ def assert_escaped(output: str) -> None:
 
 
 @pytest.mark.parametrize("args", [
-    ("status",), ("status", "web1"), ("status", "-o", "json"), ("events",),
-    ("events", "-o", "json"), ("probe", "web1", "readiness"),
+    ("status",), ("status", "web1"), ("status", "-o", "json"), ("status", "-o", "wide"),
+    ("status", "-o", "yaml"), ("status", "web1", "-o", "wide"), ("events",),
+    ("events", "-o", "json"), ("events", "-o", "text"), ("events", "--follow"),
+    ("probe", "web1", "readiness"),
     ("probe", "web1", "readiness", "-o", "json")])
 def test_daemon_output_is_escaped_for_the_terminal(monkeypatch, args):
     from vmhealth import cli_daemon
