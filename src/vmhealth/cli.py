@@ -7,6 +7,7 @@ and the fix; nothing is written when anything fails.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 from dataclasses import dataclass
@@ -204,6 +205,56 @@ def show(ctx: Context, domain: str, output: str) -> None:
         echo(json.dumps(data, indent=2, sort_keys=True))
     else:
         echo(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), nl=False)
+
+
+@main.group()
+def probes() -> None:
+    """Pause or resume DOMAIN's guest-agent ping probes (maintenance in the guest).
+
+    The equivalent of KubeVirt's kubevirt.io/pause-guest-agent-probes annotation: the
+    spec's guestAgentPingPaused is set in the domain's definition (and its live
+    metadata, so the daemon follows at once). While paused, guestAgentPing probes are
+    not run: neither failures nor successes are counted. `vmhealth status` shows it.
+    """
+
+
+@probes.command("pause")
+@click.argument("domain")
+@connect_option
+@pass_context
+def pause_probes(ctx: Context, domain: str) -> None:
+    """Stop running DOMAIN's guest-agent ping probes until `probes resume`."""
+    _set_ping_paused(ctx, domain, True)
+
+
+@probes.command("resume")
+@click.argument("domain")
+@connect_option
+@pass_context
+def resume_probes(ctx: Context, domain: str) -> None:
+    """Run DOMAIN's guest-agent ping probes again."""
+    _set_ping_paused(ctx, domain, False)
+
+
+def _set_ping_paused(ctx: Context, domain: str, paused: bool) -> None:
+    conn, dom = ctx.domain(domain)
+    current = persistent_xml(dom)
+    try:
+        spec = read_spec(current)
+    except (XmlError, SpecError) as exc:
+        raise Failure(f"{domain}: stored spec is unreadable: {exc}") from None
+    if spec is None:
+        raise Failure(f"{domain}: no vmhealth spec (add one with `vmhealth apply {domain} "
+                      "-f FILE`)")
+    word = "paused" if paused else "running"
+    if spec.guest_agent_ping_paused == paused:
+        click.echo(f"{domain}: guest-agent ping probes already {word}")
+        return
+    changed = dataclasses.replace(spec, guest_agent_ping_paused=paused)
+    multiple = conn.getLibVersion() >= MULTIPLE_WATCHDOGS_SINCE
+    edit = apply_spec(current, changed, allow_multiple_watchdogs=multiple)
+    _define_and_report(conn, dom, domain, edit, health_element(edit.xml))
+    click.echo(f"{domain}: guest-agent ping probes {word}")
 
 
 @main.command()

@@ -212,3 +212,24 @@ def test_show_escapes_a_stored_spec(run):
     for output in ("yaml", "json"):
         shown = run("show", "web1", "-o", output).output
         assert "pwned" in shown and all(line.isprintable() for line in shown.split("\n"))
+
+
+def test_probes_pause_and_resume_set_the_spec_and_the_live_metadata(run, conn):
+    """KubeVirt's kubevirt.io/pause-guest-agent-probes, at run time."""
+    assert run("apply", "web1", "-f", "-",
+               input="livenessProbe: {guestAgentPing: {}}\n").exit_code == 0
+    result = run("probes", "pause", "web1")
+    assert result.exit_code == 0, result.output
+    assert "guest-agent ping probes paused" in result.output
+    shown = json.loads(run("show", "web1", "-o", "json").output)
+    assert shown["guestAgentPingPaused"] is True
+    live = conn.lookupByName("web1").XMLDesc(0)
+    assert '"guestAgentPingPaused":true' in live.replace(" ", "")
+    assert "already paused" in run("probes", "pause", "web1").output
+    assert run("probes", "resume", "web1").exit_code == 0
+    assert json.loads(run("show", "web1", "-o", "json").output)["guestAgentPingPaused"] is False
+
+
+def test_probes_pause_without_a_spec_exits_1(run):
+    result = run("probes", "pause", "web1")
+    assert result.exit_code == 1 and "no vmhealth spec" in result.output

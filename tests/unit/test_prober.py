@@ -564,3 +564,23 @@ def test_coarse_timers_forget_drops_what_waits_for_a_stopping_loop():
         return ref
 
     assert asyncio.run(scenario())() is None
+
+
+@scenario
+async def test_paused_guest_agent_ping_probes_are_skipped_never_counted():
+    from vmhealth.monitor.probes import PausedStarter
+    health_ = spec.HealthSpec(liveness_probe=spec.Probe(handler=spec.GuestAgentPing(),
+                                                        period_seconds=1,
+                                                        failure_threshold=1),
+                              guest_agent_ping_paused=True)
+    h = Harness(health(liveness=probe(ProbeKind.LIVENESS)), {ProbeKind.LIVENESS: [F]})
+    prober = DomainProber(health_, h.access, h.listener, clock=h.clock,
+                          starters=h.script)
+    prober.start()
+    await h.clock.advance(3.5)
+    assert h.script.calls == []  # the scripted (failing) handler never ran
+    assert h.listener.liveness_failed == []
+    assert {(k, o, c) for k, o, c in h.listener.results} == {
+        (ProbeKind.LIVENESS, Outcome.SKIPPED, False)}
+    assert prober.snapshot()[ProbeKind.LIVENESS].last_result.message == PausedStarter.MESSAGE
+    await prober.stop()

@@ -441,7 +441,9 @@ class Daemon:
         monitor.prober.start(jitter_first_probe=why in ("reconcile", "hook"),
                              run_age_seconds=_run_age(self.config.spool_dir, uuid, why))
         kinds = ", ".join(kind.short for kind in spec.probes())
-        self.events.record(name, "Adopted", f"monitoring {kinds} ({why})", reason=why)
+        paused = "; guest-agent ping probes paused" if spec.guest_agent_ping_paused else ""
+        self.events.record(name, "Adopted", f"monitoring {kinds} ({why}){paused}",
+                           reason=why)
 
     async def _drop(self, uuid: str, reason: str, *, quiet: bool = False) -> None:
         monitor = self.monitors.pop(uuid, None)

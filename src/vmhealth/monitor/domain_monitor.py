@@ -188,6 +188,7 @@ class DomainMonitor:
             "live": self.live,
             "adoptedAt": self.adopted_at,
             "onLivenessFailure": self.spec.on_liveness_failure.value,
+            "guestAgentPingPaused": self.spec.guest_agent_ping_paused,
             "probes": {kind.short: status.to_dict(native_lane=kind in native)
                        for kind, status in self.probes.items()},
         }

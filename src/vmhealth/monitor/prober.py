@@ -63,7 +63,13 @@ from vmhealth.monitor.interfaces import (
     StateChange,
 )
 from vmhealth.monitor.native_lane import TIMEOUT, Handback, NativeLanes, SilentSuccesses
-from vmhealth.monitor.probes import Cancel, StarterFactory, run_once, starter_for
+from vmhealth.monitor.probes import (
+    Cancel,
+    PausedStarter,
+    StarterFactory,
+    run_once,
+    starter_for,
+)
 from vmhealth.spec import ProbeKind
 
 log = logging.getLogger(__name__)
@@ -169,6 +175,13 @@ def _nothing(*_args: object) -> None:
     pass
 
 
+def _starter(health: spec.HealthSpec, probe: spec.Probe,
+             starters: StarterFactory) -> Callable:
+    if health.guest_agent_ping_paused and isinstance(probe.handler, spec.GuestAgentPing):
+        return PausedStarter()
+    return starters(probe)
+
+
 class _LaneOwner:
     """What the native lanes call back for one worker's lane (native_lane.LaneOwner)."""
 
@@ -203,7 +216,7 @@ class DomainProber:
         self._clock = clock or SHARED_CLOCK
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
         self._lateness_observer = lateness_observer
-        self._workers = {kind: _Worker(kind, probe, starters(probe))
+        self._workers = {kind: _Worker(kind, probe, _starter(health, probe, starters))
                          for kind, probe in health.probes().items()}
         self._has_startup = ProbeKind.STARTUP in self._workers
         self._startup_passed = not self._has_startup

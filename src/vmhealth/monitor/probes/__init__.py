@@ -70,6 +70,24 @@ class TaskStarter:
         return cancel
 
 
+class PausedStarter:
+    """A guestAgentPing probe paused on purpose (the spec's guestAgentPingPaused, from
+    KubeVirt's kubevirt.io/pause-guest-agent-probes): every run is SKIPPED, neither
+    counted nor retried, so maintenance inside the guest can stop its agent."""
+
+    __slots__ = ()
+    MESSAGE = ("not run: guest-agent ping probes are paused (guestAgentPingPaused; "
+               "`vmhealth probes resume DOMAIN` resumes them)")
+
+    def __call__(self, access: GuestAccess, on_done: OnDone) -> Cancel:
+        handle = asyncio.get_running_loop().call_soon(  # never before we return
+            on_done, ProbeResult(Outcome.SKIPPED, self.MESSAGE, 0.0, time.time()))
+
+        def cancel() -> None:
+            handle.cancel()
+        return cancel
+
+
 def starter_for(probe: spec.Probe) -> ProbeStarter:
     """The starter of `probe`'s handler (see the module docstring)."""
     handler = probe.handler
@@ -100,5 +118,5 @@ async def run_once(starter: ProbeStarter, access: GuestAccess) -> ProbeResult:
         raise
 
 
-__all__ = ["Cancel", "ProbeStarter", "StarterFactory", "TaskStarter", "run_once", "run_probe",
-           "starter_for"]
+__all__ = ["Cancel", "PausedStarter", "ProbeStarter", "StarterFactory", "TaskStarter",
+           "run_once", "run_probe", "starter_for"]
