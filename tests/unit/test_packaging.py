@@ -47,6 +47,7 @@ FEDORA_PACKAGES = {
     "pycdlib": "python3-pycdlib",
     "httptools": "python3-httptools",
     "aiohttp": "python3-aiohttp",
+    "bcrypt": "python3-bcrypt",
 }
 
 HOOK = "/etc/libvirt/hooks/qemu.d/vmhealth"

@@ -1,4 +1,7 @@
-"""The daemon's HTTP API (aiohttp): a unix socket, and optionally a loopback TCP address.
+"""The daemon's HTTP API (aiohttp) on its unix socket.
+
+TCP is the read-only web listener's (monitor/web_listener.py: /metrics, /ready and
+/healthz for Prometheus and load balancers, with TLS and basic authentication).
 
 GET  /status                  every monitored domain (JSON)
 GET  /status/<domain>         one domain, by name or UUID (404 when not monitored)
@@ -11,8 +14,8 @@ POST /probe/<domain>/<kind>   run one probe now (kind: liveness, readiness, star
 Reading is for whoever can reach the socket (mode 0660, group `socket_group`).
 Running a probe makes the daemon act on a guest (an exec probe starts a process in
 it), so POST /probe is for root, the daemon's own user and members of `probe_group`
-only, as the kernel vouches for the caller (SO_PEERCRED on the unix socket); never on
-the TCP listener, which cannot tell who is calling. And one request cannot become a
+only, as the kernel vouches for the caller (SO_PEERCRED on the unix socket). And one
+request cannot become a
 hundred runs: OnDemandProbes runs one probe of a (domain, kind) at a time (requests
 that arrive meanwhile share its result) and starts the next no sooner than
 ON_DEMAND_INTERVAL after the last one ended (429 with Retry-After until then).
@@ -178,6 +181,25 @@ class ProbePermission:
                 "events needs no more than the socket")
 
 
+def ready_response(source: StatusSource, key: str) -> web.Response:
+    """GET /ready/<domain> (here and on the web listener): 200 "ready", or 503 with
+    the reason, also for a domain not monitored."""
+    try:
+        entry = source.domain_status(key)
+    except LookupError:
+        return web.Response(text="not ready: not monitored\n", status=503)
+    if entry["ready"]:
+        return web.Response(text="ready\n")
+    return web.Response(text=f"not ready: {entry.get('notReadyReason') or 'unknown'}\n",
+                        status=503)
+
+
+def metrics_response(body: bytes) -> web.Response:
+    response = web.Response(body=body)
+    response.headers["Content-Type"] = CONTENT_TYPE
+    return response
+
+
 def build_app(source: StatusSource, *, permission: ProbePermission | None = None,
               on_demand: OnDemandProbes | None = None) -> web.Application:
     routes = web.RouteTableDef()
@@ -198,15 +220,7 @@ def build_app(source: StatusSource, *, permission: ProbePermission | None = None
 
     @routes.get("/ready/{domain}")
     async def ready(request: web.Request) -> web.Response:
-        key = request.match_info["domain"]
-        try:
-            entry = source.domain_status(key)
-        except LookupError:
-            return web.Response(text="not ready: not monitored\n", status=503)
-        if entry["ready"]:
-            return web.Response(text="ready\n")
-        return web.Response(text=f"not ready: {entry.get('notReadyReason') or 'unknown'}\n",
-                            status=503)
+        return ready_response(source, request.match_info["domain"])
 
     @routes.get("/events")
     async def events(request: web.Request) -> web.StreamResponse:
@@ -242,9 +256,7 @@ def build_app(source: StatusSource, *, permission: ProbePermission | None = None
 
     @routes.get("/metrics")
     async def metrics(_request: web.Request) -> web.Response:
-        response = web.Response(body=source.metrics.render())
-        response.headers["Content-Type"] = CONTENT_TYPE
-        return response
+        return metrics_response(source.metrics.render())
 
     @routes.post("/probe/{domain}/{kind}")
     async def probe(request: web.Request) -> web.Response:
@@ -298,11 +310,9 @@ def _umask(mask: int) -> Iterator[None]:
 
 class ApiServer:
     def __init__(self, source: StatusSource, socket_path: str, *, socket_group: str = "",
-                 tcp: tuple[str, int] | None = None, probe_group: str = "",
-                 on_demand: OnDemandProbes | None = None) -> None:
+                 probe_group: str = "", on_demand: OnDemandProbes | None = None) -> None:
         self.socket_path = socket_path
         self.socket_group = socket_group
-        self.tcp = tcp
         app = build_app(source, permission=ProbePermission(probe_group), on_demand=on_demand)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None)
 
@@ -318,9 +328,6 @@ class ApiServer:
         os.chmod(self.socket_path, 0o660)
         if self.socket_group:
             os.chown(self.socket_path, -1, grp.getgrnam(self.socket_group).gr_gid)
-        if self.tcp is not None:
-            host, port = self.tcp
-            await web.TCPSite(self._runner, host, port).start()
 
     async def stop(self) -> None:
         await self._runner.cleanup()

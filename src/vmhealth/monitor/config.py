@@ -34,7 +34,10 @@ class DaemonConfig:
     socket_group: str = ""  # empty: the daemon's own group (root)
     # Who may run probes on demand (POST /probe) besides root: empty, root only.
     probe_group: str = ""
-    tcp_listen: str = ""  # e.g. 127.0.0.1:9477; empty: no TCP listener
+    # The read-only web listener (/metrics, /ready, /healthz), e.g. 0.0.0.0:9477; empty:
+    # none. Its TLS and basic authentication: a Prometheus web.config.yml.
+    tcp_listen: str = ""
+    web_config_file: str = ""
     agent_threads: int = 16
     control_threads: int = 4
     address_refresh_seconds: float = 30.0
@@ -117,6 +120,18 @@ def _tcp(text: str, where: str) -> str:
     return text
 
 
+def _web_config(text: str, where: str) -> str:
+    """Read now, so that a bad file stops the daemon at start with its message."""
+    if text:
+        from vmhealth.monitor.webconfig import WebConfigError, load_web_config
+
+        try:
+            load_web_config(_absolute_path(text, where))
+        except WebConfigError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+    return text
+
+
 def _log_level(text: str, where: str) -> str:
     allowed = ("debug", "info", "warning", "error")
     if text.lower() not in allowed:
@@ -160,6 +175,7 @@ DAEMON_KEYS: dict[str, dict[str, tuple[str, Callable[[str, str], Any]]]] = {
         "socket_group": ("socket_group", _group),
         "probe_group": ("probe_group", _group),
         "tcp_listen": ("tcp_listen", _tcp),
+        "web_config_file": ("web_config_file", _web_config),
     },
     "backoff": {
         "initial_seconds": ("backoff_initial_seconds", _positive_number),

@@ -618,16 +618,24 @@ class Daemon:
 async def serve(config: DaemonConfig, **daemon_options: Any) -> None:
     """Run the daemon and its API until SIGTERM/SIGINT."""
     from vmhealth.monitor.api import ApiServer  # aiohttp: only the daemon needs it
+    from vmhealth.monitor.web_listener import web_listener
 
     daemon = Daemon(config, **daemon_options)
     daemon.install_signal_handlers_early()
     api = ApiServer(daemon, config.socket_path, socket_group=config.socket_group,
-                    tcp=config.tcp_address, probe_group=config.probe_group)
+                    probe_group=config.probe_group)
+    address = config.tcp_address
+    web = web_listener(daemon, address, config.web_config_file) if address else None
     await api.start()
-    log.info("API listening", extra=log_fields(socket=config.socket_path,
-                                               tcp=config.tcp_listen or "off"))
+    if web is not None:
+        await web.start()
+    log.info("API listening", extra=log_fields(
+        socket=config.socket_path,
+        tcp=f"{web.scheme}://{config.tcp_listen}" if web is not None else "off"))
     try:
         await daemon.start()
         await daemon.run_until_stopped()
     finally:
+        if web is not None:
+            await web.stop()
         await api.stop()

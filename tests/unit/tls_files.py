@@ -1,0 +1,30 @@
+"""Throw-away TLS files for tests, made by the openssl command line tool."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+
+def self_signed(directory: Path, name: str = "server") -> tuple[Path, Path]:
+    """(cert, key) of a self-signed certificate for 127.0.0.1, valid for a day.
+
+    openssl's x509 request marks it a CA, so it can also verify itself: as a client
+    certificate with itself as client_ca_file."""
+    if shutil.which("openssl") is None:
+        message = "openssl not installed (scripts/debian-packages.txt)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
+                    "-subj", f"/CN=vmhealth-test-{name}",
+                    "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True, timeout=60)
+    return cert, key
