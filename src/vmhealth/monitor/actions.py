@@ -8,6 +8,11 @@ it again. Restarts of one domain back off exponentially (10 s, 20 s, ... capped 
 the domain has run 10 minutes since its last restart. The wait happens while the
 domain is off, like Kubernetes' CrashLoopBackOff.
 
+The same back-off paces the run strategies' starts (`start_again`, after a stop the
+spec's runStrategy does not leave alone; monitor/run_strategy.py decides): a domain
+that crashes at every boot, or whose liveness fails each time, waits the same
+growing times, counted once.
+
 Every libvirt call blocks, so each runs in the control thread pool.
 """
 
@@ -16,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -25,6 +31,14 @@ import libvirt
 from vmhealth.excerpt import excerpt
 from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.logfmt import log_fields
+from vmhealth.monitor.run_strategy import (
+    OWN_POWEROFF,
+    OWN_RESTART,
+    StopCause,
+    StopClues,
+    Verdict,
+    verdict,
+)
 from vmhealth.spec import LivenessAction
 
 log = logging.getLogger("vmhealth.actions")
@@ -102,6 +116,8 @@ class ActionRunner:
         # Set when the daemon stops: a back-off wait ends at once and the domain is
         # started, because nobody would start it later.
         self.stopping = asyncio.Event()
+        # What ends each domain's run, for the run strategies; our own stops go in too.
+        self.stop_clues = StopClues(clock)
 
     def backoff(self, uuid: str) -> Backoff:
         if uuid not in self._backoffs:
@@ -117,6 +133,7 @@ class ActionRunner:
         for uuid, lock in list(self._locks.items()):
             if uuid not in uuids and uuid not in self.pending and not lock.locked():
                 del self._locks[uuid]
+        self.stop_clues.retain(uuids)
 
     def busy(self, uuid: str) -> bool:
         return uuid in self.pending
@@ -160,6 +177,7 @@ class ActionRunner:
                     await self._call(dom.reset, 0)
                 elif action is LivenessAction.POWEROFF:
                     self._phase(uuid, "powering off")
+                    self.stop_clues.own_stop(uuid, OWN_POWEROFF)
                     await self._destroy_if_active(dom)
                 self._on_action(name, action.value)
                 self._events.record(name, "LivenessAction", f"liveness failed ({reason}): "
@@ -183,6 +201,7 @@ class ActionRunner:
         # A transient domain disappears when it stops: keep its definition to start it.
         xml = None if persistent else await self._call(dom.XMLDesc, libvirt.VIR_DOMAIN_XML_SECURE)
         self._phase(uuid, "shutting down")
+        self.stop_clues.own_stop(uuid, OWN_RESTART)  # its stop is this action's business
         if await self._is_active(dom):
             try:
                 await self._call(_press_power_button, dom)
@@ -228,6 +247,83 @@ class ActionRunner:
             await asyncio.wait_for(self.stopping.wait(), delay)
         except asyncio.TimeoutError:
             pass
+
+    # ------------------------------------------------------------------ run strategies
+    def start_again(self, dom: Any, cause: StopCause, spec_reader: Callable[[Any], Any]
+                    ) -> asyncio.Task[None] | None:
+        """After a stop for `cause`, start `dom` again if its run strategy says so: the
+        spec `spec_reader(dom)` reads (blocking) and the domain as it is now
+        (run_strategy.verdict), asked before and again after each back-off wait. None
+        when a liveness restart in flight owns the stop."""
+        uuid = dom.UUIDString()
+        pending = self.pending.get(uuid)
+        if cause is StopCause.LIVENESS_RESTART or (
+                pending is not None and pending.action == LivenessAction.RESTART.value):
+            return None
+
+        def check() -> Awaitable[Verdict]:
+            return self._call(verdict, dom, cause, spec_reader)
+        task = asyncio.ensure_future(self._start_again(dom, uuid, cause, check))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    async def _start_again(self, dom: Any, uuid: str, cause: StopCause,
+                           check: Callable[[], Awaitable[Verdict]]) -> None:
+        name = dom.name()
+        try:
+            first = await check()
+            if not first.start:
+                if first.noteworthy:
+                    self._not_started(name, cause, first)
+                return
+            # A liveness poweroff that stopped it may still hold the lock: after it.
+            async with self._locks.setdefault(uuid, asyncio.Lock()):
+                if uuid in self.pending:
+                    return  # acted on meanwhile (so it runs again): not ours any more
+                self.pending[uuid] = PendingAction("start", "starting", time.time())
+                try:
+                    await self._start_after_back_off(dom, uuid, cause, check)
+                finally:
+                    self.pending.pop(uuid, None)
+        except libvirt.libvirtError as exc:
+            log.error("run strategy start failed", extra=log_fields(
+                domain=name, cause=cause.value, error=str(exc)))
+            self._events.record(name, "RunStrategyStartFailed",
+                                f"not started again ({cause.text}): {exc}",
+                                cause=cause.value)
+
+    async def _start_after_back_off(self, dom: Any, uuid: str, cause: StopCause,
+                                    check: Callable[[], Awaitable[Verdict]]) -> None:
+        backoff = self.backoff(uuid)
+        while True:
+            await self._back_off(dom, uuid, backoff)
+            now = await check()  # undefined, started, or set to Manual meanwhile?
+            if not now.start:
+                self._not_started(dom.name(), cause, now)
+                return
+            self._phase(uuid, "starting")
+            try:
+                await self._call(dom.create)
+            except libvirt.libvirtError as exc:
+                # As a liveness restart's start: try again after the back-off (the next
+                # check sees an undefined domain or a changed strategy), unless stopping.
+                backoff.record(self._clock())
+                if self.stopping.is_set():
+                    raise
+                self._events.record(dom.name(), "RunStrategyStartFailed",
+                                    f"start failed: {excerpt(exc.get_error_message())}; "
+                                    "trying again after the back-off", cause=cause.value)
+                continue
+            backoff.record(self._clock())
+            self._events.record(dom.name(), "RunStrategyStart",
+                                f"started again: {now.reason}", runStrategy=now.strategy,
+                                cause=cause.value, restarts=backoff.count)
+            return
+
+    def _not_started(self, name: str, cause: StopCause, why: Verdict) -> None:
+        self._events.record(name, "RunStrategySkipped", f"left off: {why.reason}",
+                            runStrategy=why.strategy, cause=cause.value)
 
     async def _is_active(self, dom: Any) -> bool:
         try:

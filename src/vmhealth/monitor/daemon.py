@@ -480,6 +480,7 @@ class Daemon:
     def _on_lifecycle(self, _conn: Any, dom: libvirt.virDomain, event: int, detail: int,
                       _opaque: Any) -> None:
         uuid = dom.UUIDString()
+        self._follow_run_strategy(dom, event, detail)
         if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
             self._spawn(self.adopt(dom, "started", new_run=True))
         elif event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
@@ -497,6 +498,26 @@ class Daemon:
         self.metrics.count_watchdog(dom.name(), name)
         self.events.record(dom.name(), "Watchdog", f"watchdog fired; action {name}",
                            action=name)
+        if self.actions is not None:  # a stop that follows is the watchdog's
+            self.actions.stop_clues.watchdog(dom.UUIDString(), name)
+
+    def _follow_run_strategy(self, dom: libvirt.virDomain, event: int, detail: int) -> None:
+        """Run strategies (monitor/run_strategy.py): note what ends each run, and after
+        a stop start the domain again when its spec's runStrategy asks for that (every
+        domain: one with only a watchdog has no monitor). Nothing new while stopping."""
+        actions = self.actions
+        if actions is None:
+            return
+        uuid = dom.UUIDString()
+        if event == libvirt.VIR_DOMAIN_EVENT_STARTED:
+            actions.stop_clues.started(uuid)
+        elif event == libvirt.VIR_DOMAIN_EVENT_SHUTDOWN:
+            actions.stop_clues.shutdown_begun(uuid, detail)
+        elif event == libvirt.VIR_DOMAIN_EVENT_STOPPED:
+            cause = actions.stop_clues.stopped(uuid, detail)
+            if self._stop is not None and not self._stop.is_set():
+                defaults = self.config.spec_defaults
+                actions.start_again(dom, cause, lambda d: domain_spec(d, defaults))
 
     def _on_agent(self, _conn: Any, dom: libvirt.virDomain, state: int, reason: int,
                   _opaque: Any) -> None:

@@ -54,7 +54,8 @@ SUPPRESSED = "EventsSuppressed"
 # until the domain's next run, restarts back off) and what an operator must see.
 EXEMPT = frozenset({"LivenessFailed", "ActionSkipped", "LivenessAction",
                     "LivenessActionFailed", "RestartBackOff", "Adopted", "Released",
-                    "SpecInvalid", SUPPRESSED})
+                    "SpecInvalid", "RunStrategyStart", "RunStrategySkipped",
+                    "RunStrategyStartFailed", SUPPRESSED})
 # Buckets of domains that have been quiet long enough are full again, the same as no
 # bucket: they are dropped when this many are kept (a host's domains come and go).
 BUCKETS_KEPT = 1024
