@@ -54,6 +54,7 @@ HOOK = "/etc/libvirt/hooks/qemu.d/vmhealth"
 UNIT = "/usr/lib/systemd/system/vmhealth.service"
 TMPFILES = "/usr/lib/tmpfiles.d/vmhealth.conf"
 CONFIG = "/etc/vmhealth/vmhealth.conf"
+ALERTS = "/usr/share/vmhealth/prometheus/vmhealth-alerts.yml"
 POLICY = "/usr/share/selinux/packages/targeted/vmhealth_guest.pp.bz2"
 # libsepol's SEPOL_MODULE_PACKAGE_MAGIC, little-endian: the start of every .pp file.
 POLICY_PACKAGE_MAGIC = (0xF97CFF8F).to_bytes(4, "little")
@@ -239,6 +240,7 @@ def test_host_rpm_installs_hook_unit_tmpfiles_and_config(rpms):
     assert entries[HOOK][0] == "-rwxr-xr-x"
     assert entries[UNIT][0] == entries[TMPFILES][0] == "-rw-r--r--"
     assert entries[CONFIG][1] == "cn", "the config must be %config(noreplace)"
+    assert entries[ALERTS][0] == "-rw-r--r--"
     assert "/usr/share/doc/vmhealth/README.md" in entries
     assert "/usr/share/licenses/vmhealth/LICENSE" in entries
 
