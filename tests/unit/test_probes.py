@@ -15,7 +15,13 @@ from typing import Any
 import pytest
 
 from vmhealth import spec
-from vmhealth.monitor.interfaces import AgentError, AgentUnavailable, NoVerdict, Outcome
+from vmhealth.monitor.interfaces import (
+    AgentBusy,
+    AgentError,
+    AgentUnavailable,
+    NoVerdict,
+    Outcome,
+)
 from vmhealth.monitor.probes import run_probe
 from vmhealth.monitor.probes.http import USER_AGENT
 
@@ -465,3 +471,23 @@ def test_exec_agent_unavailable_is_a_failure():
         raise AgentUnavailable("guest agent is not connected")
     result, _ = exec_probe(gone)
     assert result.outcome is Outcome.FAILURE
+
+
+def test_exec_that_could_not_be_polled_at_the_deadline_is_an_error_not_a_failure():
+    """Another probe's call to the same agent held the slot at every poll: whether the
+    command exited is unknown, so nothing is counted against the guest."""
+    def busy_polls(command):
+        if command["execute"] == "guest-exec":
+            return {"pid": 4242}
+        raise AgentBusy("not run: guest-ping sent to the guest agent 0.1 s ago has not "
+                        "returned yet")
+    result, _ = exec_probe(busy_polls, timeout=0.3)
+    assert result.outcome is Outcome.ERROR
+    assert "could not read guest-exec-status" in result.message
+
+
+def test_exec_that_finds_the_agent_busy_at_the_start_is_skipped():
+    def busy(command):
+        raise AgentBusy("not run: busy")
+    result, _ = exec_probe(busy)
+    assert result.outcome is Outcome.SKIPPED

@@ -126,6 +126,7 @@ async def run_agent_exec_probe(probe: spec.Probe, access: GuestAccess) -> ProbeR
             return clock.result(Outcome.ERROR,
                                 f"guest-exec returned no pid ({excerpt(repr(started))})")
         interval = FIRST_POLL_SECONDS
+        skipped = None  # the last poll, when another call to this agent was in flight
         while True:
             remaining = deadline - loop.time()
             if remaining <= 0:
@@ -138,10 +139,17 @@ async def run_agent_exec_probe(probe: spec.Probe, access: GuestAccess) -> ProbeR
                                       max(deadline - loop.time(), 0.2), clock)
             except _AgentRefused as refused:
                 if refused.result.outcome is Outcome.SKIPPED:
-                    continue  # another probe's call to this agent: poll again later
+                    skipped = refused.result  # another probe's call: poll again later
+                    continue
                 raise
+            skipped = None
             if isinstance(status, dict) and status.get("exited"):
                 return _finished(status, handler.command, clock)
+        if skipped is not None:
+            # The command may well have exited: we could not ask at the deadline. Not
+            # the guest's failure: an ERROR, retried.
+            return clock.result(Outcome.ERROR, f"could not read guest-exec-status at the "
+                                               f"deadline: {skipped.message}")
     except _AgentRefused as refused:
         return refused.result
     return clock.result(Outcome.FAILURE,
