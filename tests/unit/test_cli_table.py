@@ -405,3 +405,26 @@ def test_cut_counts_display_columns():
     assert status_table.cut("数据库数据库", 7) == "数据..."
     assert status_table.display_width("数据库") == 6
     assert status_table.display_width("e\u0301") == 1
+
+
+def test_watch_over_the_real_socket(tmp_path, monkeypatch):
+    """The real API client against the daemon's API server: the table, the events it
+    reads restarts from, and a change between two requests."""
+    from tests.unit.test_api import Server
+
+    server = Server(str(tmp_path / "api.sock"))
+    try:
+        server.record("web1", "LivenessAction", "restart done", action="restart")
+        monkeypatch.setattr(cli_daemon, "TIME_ZONE", datetime.timezone.utc)
+
+        def web1_not_live():
+            server.source.domains["web1"] = {**server.source.domains["web1"],
+                                             "live": False, "ready": False}
+
+        Script(monkeypatch, [lambda: None, web1_not_live])
+        result = run("status", "web1", "-w", "--socket", server.api.socket_path)
+    finally:
+        server.close()
+    assert result.exit_code == 1, result.output  # its last answer: not live
+    rows = [line.split()[:5] for line in result.output.splitlines() if line.startswith("web1")]
+    assert rows == [["web1", "running", "yes", "yes", "1"], ["web1", "running", "no", "no", "1"]]
