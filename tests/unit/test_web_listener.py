@@ -356,6 +356,17 @@ def test_silent_connection_is_cut_after_the_head_timeout(served):
         wait_until(lambda: web.web.connections == 0, "the connection released")
 
 
+def test_idle_keep_alive_connection_is_cut_after_the_idle_timeout(served):
+    # The same deadline cuts a response its client does not read.
+    web = served(limits=Limits(idle_timeout=0.5))
+    with socket.create_connection(("127.0.0.1", web.port)) as idle:
+        idle.sendall(b"GET /healthz HTTP/1.1\r\nHost: vmhealth\r\n\r\n")
+        idle.settimeout(WAIT)
+        assert idle.recv(4096).startswith(b"HTTP/1.1 200 ")
+        assert closed_by_server(idle)
+        wait_until(lambda: web.web.connections == 0, "the connection released")
+
+
 def test_huge_header_is_400_and_stalls_nobody(served):
     web = served()
     with socket.create_connection(("127.0.0.1", web.port)) as huge:
