@@ -15,11 +15,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.harness import events, guest_image, namespace, paths
-from tests.e2e.harness.guests import Guest, GuestFactory
-from tests.e2e.harness.sandbox import Sandbox
+from tools.sandbox import events, guest_image, namespace, paths
+from tools.sandbox.guests import Guest, GuestFactory
+from tools.sandbox.sandbox import Sandbox
 
 CONSOLE_TAIL = 80
+# What the run really started (libvirtd, QEMU, the guest kernel), for the summary.
+COMPONENTS: list[str] = []
 
 
 def _unavailable() -> str | None:
@@ -48,10 +50,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture(scope="session")
-def sandbox():
+def e2e_environment():
+    """Skip (fail in CI) unless this runs where the sandbox can start; for tests that
+    start a sandbox of their own, like the demo's."""
     reason = _unavailable()
     if reason:
         _refuse(reason)
+
+
+@pytest.fixture(scope="session")
+def sandbox(e2e_environment):
     box = Sandbox(paths.new_log_dir("pytest"))
     start = time.monotonic()
     try:
@@ -83,6 +91,8 @@ def recorder(sandbox):
 @pytest.fixture(scope="session")
 def guest_factory(sandbox, guest_image_files):
     factory = GuestFactory(sandbox, events.connect(sandbox.uri), guest_image_files)
+    COMPONENTS[:] = factory.components()
+    print("\ne2e: " + "; ".join(COMPONENTS))
     yield factory
     factory.cleanup()
 
@@ -140,3 +150,11 @@ def pytest_runtest_makereport(item: pytest.Item, call):
         report.sections.append(
             (f"console of {guest.name} (last {CONSOLE_TAIL} lines, {guest.console_log})",
              guest.console(tail=CONSOLE_TAIL)))
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    # Always shown (also without -s): which versions these results are about.
+    if COMPONENTS:
+        terminalreporter.write_sep("-", "e2e: real components started")
+        for line in COMPONENTS:
+            terminalreporter.write_line(line)

@@ -25,9 +25,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from . import paths
-from .sandbox import QEMU_CONF, bind, mount_tmpfs, start_daemon, stop_pid
-from .waiting import wait_until
+from tools.sandbox import paths
+from tools.sandbox.sandbox import QEMU_CONF, bind, mount_tmpfs, start_daemon, stop_pid
+from tools.sandbox.waiting import wait_until
 
 # On the sandbox's /run tmpfs (not hidden by the peer's own mounts): the peer's
 # client sockets and its daemons' pid files, visible to the tests.

@@ -55,7 +55,7 @@ def reexec(module: str, args: list[str]) -> None:
         "--inside",
         *args,
     ]
-    os.execv(unshare, argv)
+    os.execv(unshare, argv)  # noqa: S606 (a fixed argv: no shell to avoid)
 
 
 def run_as_init(argv: list[str], cwd: str | None = None) -> int:

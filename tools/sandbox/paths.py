@@ -5,7 +5,7 @@ import shutil
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[2]
 # build/ is ignored by git; everything the harness writes goes below it
 # ($VMHEALTH_E2E_BUILD moves it, e.g. to measure a cold start).
 BUILD = Path(os.environ.get("VMHEALTH_E2E_BUILD", REPO / "build" / "e2e"))

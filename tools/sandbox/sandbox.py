@@ -1,6 +1,6 @@
 """A private libvirtd: its own config, state, logs, bridge and hook directory.
 
-Must run inside the namespaces made by harness.namespace (it refuses otherwise): every
+Must run inside the namespaces made by tools.sandbox.namespace (it refuses otherwise): every
 mount below is then invisible to the host, and the host's /etc/libvirt, /run/libvirt
 and network are never touched.
 """
@@ -147,7 +147,7 @@ class Sandbox:
         if not namespace.inside():
             raise RuntimeError(
                 "the sandbox only runs inside its namespaces: "
-                "python -m tests.e2e.harness.run (see docs/e2e.md)"
+                "tests/e2e/run or scripts/demo (see docs/e2e.md)"
             )
         # Taken before anything is mounted over them; compared by host_changes().
         self._host_files = hostcheck.snapshot()

@@ -145,6 +145,13 @@ class GuestFactory:
             guest.start()
         return guest
 
+    def components(self) -> list[str]:
+        """The real components in use, as the running libvirtd reports them (not the
+        versions some package claims), and the kernel the guests boot."""
+        return [f"libvirtd {_version(self.conn.getLibVersion())}",
+                f"QEMU {_version(self.conn.getVersion())} ({self.conn.getType()} driver)",
+                f"guest kernel {self.image.kernel_version} ({self.image.kernel})"]
+
     def reconnect(self, conn: libvirt.virConnect) -> None:
         """Use a new connection (after a libvirtd restart) for all guests."""
         self.conn = conn
@@ -158,3 +165,8 @@ class GuestFactory:
             except libvirt.libvirtError:
                 pass  # already gone (a test undefined it, or libvirtd restarted)
         self.guests.clear()
+
+
+def _version(number: int) -> str:
+    """libvirt's version integers are major * 1,000,000 + minor * 1,000 + release."""
+    return f"{number // 1_000_000}.{number // 1000 % 1000}.{number % 1000}"

@@ -53,7 +53,10 @@ class DaemonProcess:
         with open(self.log, "ab") as log:
             self.process = subprocess.Popen(  # noqa: S603
                 [*self.launcher(), *vmhealth_cli(), "daemon", "--config", str(self.config)],
-                stdout=log, stderr=log, stdin=subprocess.DEVNULL)
+                stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                # Its own session: a Ctrl-C meant for the demo must not stop it
+                # before stop() can check that SIGTERM stops it cleanly.
+                start_new_session=True)
         wait_until(lambda: self.client.status()["libvirtConnected"], timeout=30,
                    what="the daemon to answer on its socket")
 

@@ -1,0 +1,1 @@
+"""The vmhealth demo (scripts/demo): the product as installed, in a private libvirtd."""
