@@ -52,6 +52,9 @@ PAUSED_SPEC = {  # ping liveness: a user pause must not restart it
     "terminationGracePeriodSeconds": 0,
 }
 
+# KubeVirt's runStrategy Always: a watchdog poweroff is not the end of the VM.
+ALWAYS_SPEC = {"readinessProbe": {"guestAgentPing": {}, **FAST}, "runStrategy": "Always"}
+
 
 def _restart_with_spec(guest, spec: dict) -> None:
     """A new spec for the next run: a fresh domain run, so the probes start from their
@@ -79,8 +82,10 @@ def guests(guest_factory, daemon):
                                     tcp_port=TCP_PORT),
         "agent": guest_factory.create("dmn-agent", start=False),
         "paused": guest_factory.create("dmn-paused", start=False, watchdog_feeder=True),
+        "always": guest_factory.create("dmn-always", start=False, watchdog_feeder=True),
     }
-    for key, spec in (("web", WEB_SPEC), ("agent", AGENT_SPEC), ("paused", PAUSED_SPEC)):
+    for key, spec in (("web", WEB_SPEC), ("agent", AGENT_SPEC), ("paused", PAUSED_SPEC),
+                      ("always", ALWAYS_SPEC)):
         define_with_spec(made[key], spec)
         made[key].start()
     return made
@@ -162,18 +167,38 @@ def test_ping_liveness_does_not_restart_a_user_paused_domain(daemon, guests):
     wait_status(daemon, "dmn-paused", "adopted", lambda e: e["state"] == "running")
     paused.wait_for_agent(timeout=BOOT_TIMEOUT)
     run_id = current_run_id(paused)
+    wait_status(daemon, "dmn-paused", "ready before the pause", lambda e: e["ready"])
     paused.dom.suspend()
     wait_status(daemon, "dmn-paused", "suppressed",
                  lambda e: e["suppressed"] == "paused by the user", timeout=10)
+    # KubeVirt: a paused VMI is not ready (kubevirt.io/virtual-machine-unpaused).
+    assert _ready_answer(daemon, "dmn-paused") == (
+        503, "not ready: domain paused by the user\n")
     time.sleep(6)  # 6 periods of failureThreshold 2: it would have been restarted
     assert current_run_id(paused) == run_id
     assert paused.dom.state()[0] == libvirt.VIR_DOMAIN_PAUSED
+    assert not daemon.status("dmn-paused")["ready"]
     paused.dom.resume()
     wait_status(daemon, "dmn-paused", "live again", lambda e: e["live"] and not
                  e["suppressed"], timeout=20)
+    wait_until(lambda: _ready_answer(daemon, "dmn-paused")[0] == 200, timeout=20,
+               what="/ready/dmn-paused to answer 200 after the resume")
+    types = [e["type"] for e in daemon.client.events(domain="dmn-paused")]
+    assert "NotReady" in types and "Ready" in types, types
+
+
+def _ready_answer(daemon, domain: str) -> tuple[int, str]:
+    """What a load balancer polling /ready/<domain> gets."""
+    conn, response = daemon.client._request("GET", f"/ready/{domain}")
+    try:
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
 
 
 def test_watchdog_event_is_recorded(daemon, guests, recorder):
+    """The watchdog powers the guest off; with the default runStrategy (Manual) it
+    stays off, as before run strategies."""
     paused = guests["paused"]
     paused.kill_service("watchdog", "KILL")
     recorder.wait_for("dmn-paused", "watchdog", timeout=60)
@@ -181,6 +206,30 @@ def test_watchdog_event_is_recorded(daemon, guests, recorder):
         text = daemon.cli("events").stdout
         return "Watchdog" in text and "dmn-paused" in text and "poweroff" in text
     wait_until(recorded, timeout=20, what="the watchdog event in `vmhealth events`")
+    wait_until(lambda: not paused.dom.isActive(), timeout=30, what="dmn-paused to be off")
+    wait_until(lambda: not daemon.client.status()["actionsInFlight"], timeout=30,
+               what="no action in flight")
+    time.sleep(3)  # a start would come at once (the first one has no back-off)
+    assert not paused.dom.isActive()
+    types = [e["type"] for e in daemon.client.events(domain="dmn-paused")]
+    assert not [t for t in types if t.startswith("RunStrategy")], types
+
+
+def test_run_strategy_always_starts_a_watchdog_poweroff_again(daemon, guests, recorder):
+    always = guests["always"]
+    wait_status(daemon, "dmn-always", "ready", lambda e: e["ready"])
+    run_id = current_run_id(always)
+    always.kill_service("watchdog", "KILL")
+    recorder.wait_for("dmn-always", "watchdog", timeout=60)
+    started = wait_until(
+        lambda: [e for e in daemon.client.events(domain="dmn-always")
+                 if e["type"] == "RunStrategyStart"],
+        timeout=60, what="the daemon to start dmn-always again")
+    assert started[0]["fields"]["runStrategy"] == "Always", started
+    assert started[0]["fields"]["cause"] == "watchdog", started
+    wait_until(lambda: always.dom.isActive() and current_run_id(always) != run_id,
+               timeout=30, what="dmn-always running again")
+    wait_status(daemon, "dmn-always", "ready again", lambda e: e["ready"])
 
 
 def _assert_restarted_within(daemon, guest, kill, bound: float) -> None:
