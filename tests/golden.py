@@ -9,9 +9,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from tests.ci import in_ci
+
 
 def check_golden(path: Path, actual: str) -> None:
-    if os.environ.get("VMHEALTH_REGEN_GOLDEN") == "1" and not os.environ.get("CI"):
+    if os.environ.get("VMHEALTH_REGEN_GOLDEN") == "1" and not in_ci():
         path.write_text(actual)
         return
     if not path.exists():

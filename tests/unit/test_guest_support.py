@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-import pytest
+from tests.ci import missing
 
 REPO = Path(__file__).resolve().parents[2]
 GUEST_DATA = REPO / "tests" / "data" / "guest"
@@ -19,9 +18,7 @@ def require_tool(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         message = (f"{name} is not installed (Debian: see scripts/debian-packages.txt)")
-        if os.environ.get("CI") == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     return path
 
 

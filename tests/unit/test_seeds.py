@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import io
 import json
-import os
 
 import libvirt
 import pytest
 from click.testing import CliRunner
+from tests.ci import missing
 from tests.seeds import seed_examples, seeds_dir
 
 from vmhealth.cli import Context, main
@@ -62,10 +62,8 @@ EXPECTED = {
 
 def test_seeds_are_present():
     if not seeds_dir().is_dir():
-        if os.environ.get("CI"):
-            pytest.fail(f"seed documents not found at {seeds_dir()} (CI puts shared/ beside "
-                        "the clone)")
-        pytest.skip(f"no seed documents at {seeds_dir()}; set VMHEALTH_SEEDS")
+        missing(f"no seed documents at {seeds_dir()} (CI puts shared/ beside the clone; "
+                "elsewhere set VMHEALTH_SEEDS)")
     found = {(name, number) for name, number, _ in EXAMPLES}
     assert found == set(EXPECTED), "a seed example appeared or vanished: update EXPECTED"
 
