@@ -277,13 +277,15 @@ def test_probe_permission_rules():
         return ProbePermission(group, peer=lambda _request: peer).refusal(None) is None
 
     users = grp.getgrnam("users").gr_gid
+    # Somebody else: neither root nor the user running the tests (the daemon's user).
+    other = 65534 if os.geteuid() != 65534 else 65533
     assert allowed(Peer(0, 0, frozenset()))
     assert allowed(Peer(os.geteuid(), 1234, frozenset()))  # the daemon's own user
-    assert not allowed(Peer(65534, 65534, frozenset()))
-    assert not allowed(Peer(65534, 65534, frozenset()), group="")
-    assert allowed(Peer(65534, users, frozenset()), group="users")
-    assert allowed(Peer(65534, 65534, frozenset({7, users})), group="users")
-    assert not allowed(Peer(65534, 65534, frozenset({7})), group="users")
+    assert not allowed(Peer(other, 65534, frozenset()))
+    assert not allowed(Peer(other, 65534, frozenset()), group="")
+    assert allowed(Peer(other, users, frozenset()), group="users")
+    assert allowed(Peer(other, 65534, frozenset({7, users})), group="users")
+    assert not allowed(Peer(other, 65534, frozenset({7})), group="users")
     refusal = ProbePermission("users", peer=lambda _request: None).refusal(None)
     assert "needs the unix socket" in refusal  # TCP cannot say who calls
     refusal = ProbePermission("", peer=lambda _r: Peer(1000, 1000, frozenset())).refusal(None)
