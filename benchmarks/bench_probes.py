@@ -130,13 +130,19 @@ class CountingMonitor(DomainMonitor):
         self.tally.count_many(kind, count)
 
 
-def noop_starters(probe):
-    """Probes that do nothing: each run succeeds on the next turn of the event loop."""
-    def start(access, on_done):
+class NoopStarter:
+    """A probe that does nothing: each run succeeds on the next turn of the event loop."""
+
+    repeatable = None  # nothing for the native lane to repeat
+
+    def __call__(self, access, on_done):
         asyncio.get_running_loop().call_soon(
             on_done, ProbeResult(Outcome.SUCCESS, "no-op", 0.0, time.time()))
         return lambda: None
-    return start
+
+
+def noop_starters(probe):
+    return NoopStarter()
 
 
 def domain_spec(port: int) -> spec.HealthSpec:

@@ -52,6 +52,18 @@ class FakeClock:
         await settle()
 
 
+class Starter:
+    """A ProbeStarter around a plain start function, with nothing to repeat."""
+
+    repeatable = None
+
+    def __init__(self, start) -> None:
+        self._start = start
+
+    def __call__(self, access, on_done):
+        return self._start(access, on_done)
+
+
 @dataclass
 class Script:
     """Probe results by kind: each run takes the next outcome; the last one repeats.
@@ -94,7 +106,7 @@ class Script:
 
             return cancel
 
-        return start
+        return Starter(start)
 
     def times(self, kind: ProbeKind) -> list[float]:
         return [t for k, t in self.calls if k is kind]
@@ -459,7 +471,7 @@ async def test_a_starter_that_raises_is_logged_and_probing_goes_on(caplog):
                 raise RuntimeError("bug")
             return start(access, on_done)
 
-        return maybe_crash
+        return Starter(maybe_crash)
 
     listener = Recorder()
     prober = DomainProber(health(readiness=probe(ProbeKind.READINESS)), Access(), listener,

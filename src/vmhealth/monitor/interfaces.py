@@ -4,14 +4,16 @@ The probe engine (probe handlers and the per-domain state machine) knows nothing
 libvirt: it reaches a guest only through `GuestAccess`, which the daemon implements
 with libvirt (and tests and benchmarks implement with small fakes). It reports what it
 learns through `ProbeListener`, which the daemon turns into readiness, liveness
-actions, events and metrics.
+actions, events and metrics. Between the handlers and the prober, a `ProbeStarter` runs
+one probe and says, through `Recipe`, what the native lane (native_lane.py) may repeat.
 """
 
 from __future__ import annotations
 
+import asyncio
 import enum
 from dataclasses import dataclass
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Callable, NamedTuple, Optional, Protocol
 
 from vmhealth.spec import ProbeKind
 
@@ -33,6 +35,24 @@ class ProbeResult(NamedTuple):
     message: str  # short, operator-facing; never contains HTTP header values
     duration: float  # seconds the probe took
     started_at: float  # time.time() when the probe started
+
+
+OnDone = Callable[[ProbeResult], None]
+# Stops a run; returns the task still unwinding, if any (for a bounded wait).
+Cancel = Callable[[], Optional[asyncio.Task]]
+
+
+class Recipe(NamedTuple):
+    """The exchange a settled probe repeats: made by a network handler on a success,
+    run by the native lane (native_lane.py) until its answer differs."""
+
+    host: str  # an IP literal: the first address tried, which answered
+    port: int
+    request: bytes | None  # None: tcpSocket
+    status: int  # the HTTP status to expect (0 for tcpSocket)
+    message: str  # the success message the Python handler gave
+    from_cache: bool  # host came from the guest's cached addresses (not the spec)
+    timeout_message: str  # the FAILURE the handler reports when no answer comes in time
 
 
 class AgentError(Exception):
@@ -98,6 +118,21 @@ class GuestAccess(Protocol):
 
     def suppression_reason(self) -> str | None:
         """Why failures must not count right now (paused, migrating, saving...), or None."""
+
+
+class ProbeStarter(Protocol):
+    """Runs one probe (vmhealth.monitor.probes.starter_for makes one per probe).
+
+    `starter(access, on_done)` starts a run and returns its `Cancel`; `on_done(result)`
+    is called exactly once, never before the starter returns and never after cancel().
+    """
+
+    def __call__(self, access: GuestAccess, on_done: OnDone) -> Cancel: ...
+
+    @property
+    def repeatable(self) -> Recipe | None:
+        """What the native lane may repeat after the last finished run, if it was a
+        success; None when it may repeat nothing (always, for most handlers)."""
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ import asyncio
 import logging
 from typing import NamedTuple, Protocol
 
+from vmhealth.monitor.interfaces import Recipe
 from vmhealth.monitor.metrics import DURATION_BUCKETS
 
 try:
@@ -59,17 +60,6 @@ class Handback(NamedTuple):
     started_at: float  # time.time() the engine's attempt began (0.0: none began)
     duration: float  # how long that attempt ran
     silent: SilentSuccesses | None
-
-
-class Recipe(NamedTuple):
-    """The exchange a settled probe repeats (made by the network handlers on success)."""
-
-    host: str  # an IP literal: the first address tried, which answered
-    port: int
-    request: bytes | None  # None: tcpSocket
-    status: int  # the HTTP status to expect (0 for tcpSocket)
-    message: str  # the success message the Python handler gave
-    from_cache: bool  # host came from the guest's cached addresses (not the spec)
 
 
 class LaneOwner(Protocol):

@@ -56,15 +56,17 @@ from vmhealth import spec
 from vmhealth.monitor import coarse_timers
 from vmhealth.monitor.coarse_timers import CoarseTimers
 from vmhealth.monitor.interfaces import (
+    Cancel,
     GuestAccess,
     Outcome,
     ProbeListener,
     ProbeResult,
+    ProbeStarter,
+    Recipe,
     StateChange,
 )
 from vmhealth.monitor.native_lane import TIMEOUT, Handback, NativeLanes, SilentSuccesses
 from vmhealth.monitor.probes import (
-    Cancel,
     PausedStarter,
     StarterFactory,
     run_once,
@@ -141,7 +143,7 @@ class ProbeSnapshot:
 class _Worker:
     """Counters, published state and schedule of one probe kind within one domain run."""
 
-    def __init__(self, kind: ProbeKind, probe: spec.Probe, starter: Callable) -> None:
+    def __init__(self, kind: ProbeKind, probe: spec.Probe, starter: ProbeStarter) -> None:
         self.kind = kind
         self.probe = probe
         self.start = starter
@@ -150,7 +152,7 @@ class _Worker:
         self.attempt = 0
         self.suppressed_before: str | None = None
         self.lane: int | None = None  # the native lane repeating this probe, if any
-        self.lane_message = ""  # the success message the lane repeats
+        self.lane_recipe: Recipe | None = None  # what the lane repeats
         # Callbacks bound to one run of the prober (made once per run, not per tick).
         self.on_tick: Callable[[], None] = _nothing
         self.on_result: Callable[[ProbeResult], None] = _nothing
@@ -176,7 +178,7 @@ def _nothing(*_args: object) -> None:
 
 
 def _starter(health: spec.HealthSpec, probe: spec.Probe,
-             starters: StarterFactory) -> Callable:
+             starters: StarterFactory) -> ProbeStarter:
     if health.guest_agent_ping_paused and isinstance(probe.handler, spec.GuestAgentPing):
         return PausedStarter()
     return starters(probe)
@@ -372,7 +374,7 @@ class DomainProber:
                 or worker.run_outcome is not Outcome.SUCCESS
                 or worker.run_length < worker.probe.success_threshold):
             return False
-        recipe = getattr(worker.start, "repeatable", None)
+        recipe = worker.start.repeatable
         if recipe is None or recipe.message != result.message:
             return False
         valid_until = (self._access.addresses_valid_until() if recipe.from_cache
@@ -384,7 +386,7 @@ class DomainProber:
                              valid_until=valid_until)
         if lane is None:
             return False
-        worker.lane, worker.lane_message, worker.tick = lane, recipe.message, tick
+        worker.lane, worker.lane_recipe, worker.tick = lane, recipe, tick
         return True
 
     def native_kinds(self) -> set[ProbeKind]:
@@ -416,9 +418,10 @@ class DomainProber:
                 current: bool) -> None:
         """Count successes the lane repeated: for metrics always, for the state machine
         when they belong to the current run (`current`)."""
-        if silent is None or silent.count == 0:
+        recipe = worker.lane_recipe
+        if silent is None or silent.count == 0 or recipe is None:
             return
-        result = ProbeResult(Outcome.SUCCESS, worker.lane_message, silent.last_duration,
+        result = ProbeResult(Outcome.SUCCESS, recipe.message, silent.last_duration,
                              silent.last_started_at)
         self._listener.on_repeated_successes(worker.kind, result, silent.count,
                                              silent.buckets, silent.seconds)
@@ -437,11 +440,12 @@ class DomainProber:
         worker.lane = None
         worker.tick = handback.tick
         worker.attempt = 1
-        if handback.reason == TIMEOUT:
+        recipe = worker.lane_recipe  # set when the lane was started
+        if handback.reason == TIMEOUT and recipe is not None:
             # The engine waited timeoutSeconds for an answer: that is this tick's result.
             worker.suppressed_before = self._access.suppression_reason()
             self._on_result(worker, run, ProbeResult(
-                Outcome.FAILURE, worker.start.timeout_message(), handback.duration,
+                Outcome.FAILURE, recipe.timeout_message, handback.duration,
                 handback.started_at))
             return
         # A different answer, stale addresses or no socket: the handler probes again

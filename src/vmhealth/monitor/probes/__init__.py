@@ -3,10 +3,11 @@
 Each handler reproduces kubelet/KubeVirt (docs/probes.md) ("Handlers") and
 reaches the guest only through GuestAccess (see vmhealth.monitor.interfaces).
 
-The prober runs probes through starters: `starter_for(probe)` is made once per
-probe and then called for every run as `starter(access, on_done)`. It returns
-`cancel`; `on_done(result)` is called exactly once, never before the starter returns
-and never after `cancel()`, which returns the task still unwinding, if any. The
+The prober runs probes through starters (interfaces.ProbeStarter): `starter_for(probe)`
+is made once per probe and then called for every run as `starter(access, on_done)`. It
+returns `cancel`; `on_done(result)` is called exactly once, never before the starter
+returns and never after `cancel()`, which returns the task still unwinding, if any. A
+network starter's `repeatable` tells the prober what the native lane may repeat. The
 network handlers (tcpSocket, plain httpGet) run from event-loop callbacks with no
 task at all (common.NetworkRun); the guest-agent handlers are coroutines run as a
 task each. `run_probe` runs a probe once and awaits its result (`vmhealth probe`).
@@ -18,20 +19,25 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable
-from typing import Callable, Optional
+from typing import Callable
 
 from vmhealth import spec
-from vmhealth.monitor.interfaces import GuestAccess, Outcome, ProbeResult
+from vmhealth.monitor.interfaces import (
+    Cancel,
+    GuestAccess,
+    OnDone,
+    Outcome,
+    ProbeResult,
+    ProbeStarter,
+    Recipe,
+)
 from vmhealth.monitor.probes.agent_exec import run_agent_exec_probe
 from vmhealth.monitor.probes.agent_ping import run_agent_ping_probe
-from vmhealth.monitor.probes.common import OnDone
 from vmhealth.monitor.probes.http import HttpProbeStarter
 from vmhealth.monitor.probes.tcp import TcpProbeStarter
 
 log = logging.getLogger(__name__)
 
-Cancel = Callable[[], Optional[asyncio.Task]]
-ProbeStarter = Callable[[GuestAccess, OnDone], Cancel]
 StarterFactory = Callable[[spec.Probe], ProbeStarter]
 
 
@@ -39,6 +45,7 @@ class TaskStarter:
     """Runs a coroutine handler (`handler(probe, access)`) as a task per run."""
 
     __slots__ = ("probe", "handler")
+    repeatable: Recipe | None = None  # the native lane runs no coroutine handler
 
     def __init__(self, probe: spec.Probe,
                  handler: Callable[[spec.Probe, GuestAccess], Awaitable[ProbeResult]]) -> None:
@@ -76,6 +83,7 @@ class PausedStarter:
     counted nor retried, so maintenance inside the guest can stop its agent."""
 
     __slots__ = ()
+    repeatable: Recipe | None = None  # a skipped run is nothing to repeat
     MESSAGE = ("not run: guest-agent ping probes are paused (guestAgentPingPaused; "
                "`vmhealth probes resume DOMAIN` resumes them)")
 

@@ -22,14 +22,14 @@ from vmhealth.monitor.interfaces import (
     AgentUnavailable,
     GuestAccess,
     NoVerdict,
+    OnDone,
     Outcome,
     ProbeResult,
+    Recipe,
 )
-from vmhealth.monitor.native_lane import Recipe
 from vmhealth.monitor.probes.dial import Dial, HostSocketError, Sink, sockaddr
 
 T = TypeVar("T")
-OnDone = Callable[[ProbeResult], None]
 log = logging.getLogger(__name__)
 
 # Kubelet reads at most 10 KiB of an HTTP body or exec output (probe-semantics.md).
@@ -356,7 +356,8 @@ class NetworkRun:
         could not end the same way."""
         if self._resolved or self._next != 1 or self._problems or "%" in host:
             return None
-        return Recipe(host, self._port, request, status, message, self._from_cache)
+        return Recipe(host, self._port, request, status, message, self._from_cache,
+                      self.timeout_message())
 
     def _note_problem(self, host: str, error: OSError) -> None:
         self._problems.append(f"{host_for_url(host)}:{self._port}: {describe_os_error(error)}")

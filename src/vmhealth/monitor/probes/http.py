@@ -38,13 +38,11 @@ import httptools
 
 from vmhealth import __version__, spec
 from vmhealth.excerpt import excerpt
-from vmhealth.monitor.interfaces import GuestAccess, Outcome
-from vmhealth.monitor.native_lane import Recipe
+from vmhealth.monitor.interfaces import GuestAccess, OnDone, Outcome, Recipe
 from vmhealth.monitor.probes.common import (
     OUTPUT_CAP_BYTES,
     ConnectFailed,
     NetworkRun,
-    OnDone,
     describe_os_error,
     host_for_url,
 )

@@ -11,12 +11,10 @@ from __future__ import annotations
 from typing import Callable
 
 from vmhealth import spec
-from vmhealth.monitor.interfaces import GuestAccess, Outcome
-from vmhealth.monitor.native_lane import Recipe
+from vmhealth.monitor.interfaces import GuestAccess, OnDone, Outcome, Recipe
 from vmhealth.monitor.probes.common import (
     ConnectFailed,
     NetworkRun,
-    OnDone,
     describe_os_error,
     host_for_url,
 )
