@@ -193,14 +193,6 @@ _HANDLER_MODELS = {
 }
 
 
-# name -> parse(data, path) -> handler model
-HANDLER_PARSERS = {
-    name: lambda data, path, name=name: _HANDLER_MODELS[name](
-        _rules.check_handler(name, data, path))
-    for name in _rules.HANDLERS
-}
-
-
 def probe_from_checked(checked: dict[str, Any]) -> Probe:
     """The Probe for a probe as vmhealth.spec_rules.check_probe returns it."""
     name, fields = checked["handler"]
@@ -231,10 +223,6 @@ def spec_from_checked(checked: dict[str, Any]) -> HealthSpec:
 
 def parse_probe(data: Any, path: str, kind: ProbeKind) -> Probe:
     return probe_from_checked(_rules.check_probe(data, path, kind.value))
-
-
-def parse_watchdog(data: Any, path: str) -> Watchdog:
-    return watchdog_from_checked(_rules.check_watchdog(data, path))
 
 
 def parse_spec(data: Any, path: str = "spec", *, named_ports: dict | None = None,

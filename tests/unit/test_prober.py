@@ -418,16 +418,6 @@ async def test_lateness_observer_sees_each_probe_start():
 
 
 @scenario
-async def test_probe_once_runs_without_touching_state():
-    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [F]})
-    result = await h.prober.probe_once(ProbeKind.READINESS)
-    assert result.outcome is F
-    assert h.listener.results == [] and h.listener.changes == []
-    with pytest.raises(LookupError, match="has no livenessProbe"):
-        await h.prober.probe_once(ProbeKind.LIVENESS)
-
-
-@scenario
 async def test_stop_ends_probing_and_start_twice_is_refused():
     h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [S]})
     h.prober.start()

@@ -28,7 +28,12 @@ def test_the_enums_allow_exactly_the_rules_values_in_the_same_order(enum_type, a
 
 def test_the_handler_models_cover_exactly_the_rules_handlers():
     assert tuple(spec.HANDLER_FIELDS) == spec_rules.HANDLERS
-    assert tuple(spec.HANDLER_PARSERS) == spec_rules.HANDLERS
+    examples = {"httpGet": {"port": 80}, "tcpSocket": {"port": 22},
+                "exec": {"command": ["true"]}, "guestAgentPing": {}}
+    assert tuple(examples) == spec_rules.HANDLERS
+    for name, fields in examples.items():
+        handler = spec.parse_probe({name: fields}, "p", spec.ProbeKind.LIVENESS).handler
+        assert type(handler) is spec.HANDLER_FIELDS[name]
 
 
 def test_the_model_defaults_are_the_rules_defaults():
@@ -39,7 +44,8 @@ def test_the_model_defaults_are_the_rules_defaults():
     probe = spec_rules.check_probe({"tcpSocket": {"port": 22}}, "p", "livenessProbe")
     assert spec.probe_from_checked(probe) == spec.Probe(handler=spec.TcpSocket(port=22))
     http = spec_rules.check_handler("httpGet", {"port": 80}, "h")
-    assert spec.HANDLER_PARSERS["httpGet"]({"port": 80}, "h") == spec.HttpGet(port=80)
+    assert spec.parse_probe({"httpGet": {"port": 80}}, "p",
+                            spec.ProbeKind.LIVENESS).handler == spec.HttpGet(port=80)
     assert http["scheme"] == spec.HttpGet(port=80).scheme.value
 
 

@@ -135,9 +135,6 @@ class ActionRunner:
                 del self._locks[uuid]
         self.stop_clues.retain(uuids)
 
-    def busy(self, uuid: str) -> bool:
-        return uuid in self.pending
-
     def start(self, dom: Any, action: LivenessAction, grace_seconds: int, reason: str
               ) -> asyncio.Task[None] | None:
         """Run `action` on `dom` in the background; None when one is already in flight."""

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import inspect
 import logging
 import os
 import signal
@@ -39,6 +38,7 @@ from vmhealth.monitor.logfmt import log_fields
 from vmhealth.monitor.metrics import Metrics
 from vmhealth.monitor.native_lane import NativeLanes
 from vmhealth.monitor.prober import DomainProber
+from vmhealth.monitor.probes import run_probe
 from vmhealth.monitor.spool import SpoolWatcher
 from vmhealth.spec import LivenessAction, ProbeKind
 
@@ -101,10 +101,6 @@ def default_prober_factory(spec: Any, access: Any, listener: Any, *,
     return DomainProber(spec, access, listener, lanes=lanes)
 
 
-async def _maybe_await(value: Any) -> Any:
-    return await value if inspect.isawaitable(value) else value
-
-
 def _run_age(spool_dir: str, uuid: str, why: str) -> float:
     """How long the domain has been running, as far as we can tell.
 
@@ -122,15 +118,13 @@ def _run_age(spool_dir: str, uuid: str, why: str) -> float:
 
 class Daemon:
     def __init__(self, config: DaemonConfig, *,
-                 prober_factory: Callable[..., Any] = default_prober_factory,
-                 probe_runner: Callable[..., Any] | None = None) -> None:
+                 prober_factory: Callable[..., Any] = default_prober_factory) -> None:
         self.config = config
         self.events = EventLog(config.event_buffer)
         self.metrics = Metrics()
         self.monitors: dict[str, DomainMonitor] = {}  # domain uuid -> monitor
         self.conn: libvirt.virConnect | None = None
         self._prober_factory = prober_factory
-        self._probe_runner = probe_runner
         self.agent_pool = ThreadPoolExecutor(config.agent_threads, "vmhealth-agent")
         self.control_pool = ThreadPoolExecutor(config.control_threads, "vmhealth-libvirt")
         self._adopt_locks: dict[str, asyncio.Lock] = {}
@@ -452,7 +446,7 @@ class Daemon:
         self.metrics.forget_domain(monitor.name)
         self.metrics.monitored.set(len(self.monitors))
         if monitor.prober is not None:
-            await _maybe_await(monitor.prober.stop())
+            await monitor.prober.stop()
         if not quiet:
             self.events.record(monitor.name, "Released", f"no longer monitored: {reason}",
                                reason=reason)
@@ -630,10 +624,7 @@ class Daemon:
         probe = monitor.spec.probes().get(kind)
         if probe is None:
             raise UnknownDomain(f"{monitor.name} has no {kind.value}")
-        runner = self._probe_runner
-        if runner is None:
-            from vmhealth.monitor.probes import run_probe as runner
-        return await runner(probe, monitor.access)
+        return await run_probe(probe, monitor.access)
 
 
 async def serve(config: DaemonConfig, **daemon_options: Any) -> None:

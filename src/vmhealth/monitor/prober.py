@@ -69,7 +69,6 @@ from vmhealth.monitor.native_lane import TIMEOUT, Handback, NativeLanes, SilentS
 from vmhealth.monitor.probes import (
     PausedStarter,
     StarterFactory,
-    run_once,
     starter_for,
 )
 from vmhealth.spec import ProbeKind
@@ -301,13 +300,6 @@ class DomainProber:
             consecutive_failures=w.run_length if w.run_outcome is Outcome.FAILURE else 0,
             waiting_for_startup=self._gated(w), finished=w.finished)
             for kind, w in self._workers.items()}
-
-    async def probe_once(self, kind: ProbeKind) -> ProbeResult:
-        """Run one probe now (`vmhealth probe DOMAIN KIND`); changes no state, publishes nothing."""
-        worker = self._workers.get(kind)
-        if worker is None:
-            raise LookupError(f"domain {self._access.name} has no {kind.value}")
-        return await run_once(worker.start, self._access)
 
     # -- the worker ------------------------------------------------------------
     def _gated(self, worker: _Worker) -> bool:
