@@ -10,20 +10,26 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-from dataclasses import dataclass
-from typing import Any
 
 import click
 import libvirt
 import yaml
 
 from vmhealth import __version__
+from vmhealth.cli_context import Context, Failure, UsageFailure, connect_option, pass_context
+from vmhealth.cli_daemon import (
+    daemon_command,
+    events_command,
+    probe_command,
+    status_command,
+    wait_command,
+)
+from vmhealth.cli_guest import cloudinit, guest
+from vmhealth.cli_hook import hook
 from vmhealth.connection import (
     LibvirtError,
     default_uri,
     define,
-    lookup_domain,
-    open_connection,
     persistent_xml,
 )
 from vmhealth.domainxml import (
@@ -41,57 +47,6 @@ from vmhealth.spec import SpecError, spec_to_dict
 from vmhealth.terminal import echo
 from vmhealth.xmlsafe import XmlError
 
-
-class UsageFailure(click.ClickException):
-    """Bad input from the operator (invalid spec, unreadable manifest): exit 2."""
-
-    exit_code = 2
-
-
-class Failure(click.ClickException):
-    """The operation failed (libvirt unreachable, refused, unknown domain): exit 1."""
-
-    exit_code = 1
-
-
-@dataclass
-class Context:
-    uri: str | None
-    # An open connection to reuse; tests hand one in (a libvirt test-driver connection
-    # keeps its state only for its own lifetime).
-    conn: Any = None
-
-    def connect(self):
-        if self.conn is None:
-            try:
-                self.conn = open_connection(self.uri)
-            except LibvirtError as exc:
-                raise Failure(str(exc)) from None
-        return self.conn
-
-    def domain(self, name: str):
-        conn = self.connect()
-        try:
-            return conn, lookup_domain(conn, name)
-        except LibvirtError as exc:
-            raise Failure(str(exc)) from None
-
-
-pass_context = click.make_pass_decorator(Context)
-
-
-def connect_option(command):
-    """`--connect` after the subcommand too (`vmhealth apply web1 -c URI -f x.yaml`), as
-    operators type it; it overrides the one given before the subcommand."""
-
-    def remember(ctx: click.Context, _param, value: str | None) -> None:
-        if value is not None:
-            ctx.find_object(Context).uri = value
-
-    return click.option("-c", "--connect", metavar="URI", expose_value=False,
-                        callback=remember,
-                        help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else "
-                             "qemu:///system).")(command)
 MULTIPLE_WATCHDOGS_SINCE = 9_001_000  # libvirt 9.1.0 accepts several <watchdog> devices
 
 
@@ -302,23 +257,15 @@ def _set_live_metadata(dom, domain: str, element: str | None) -> None:
                                 "cleared the running domain's metadata"))
 
 
-# Used in messages of other command modules.
+# What other modules and the tests import from here.
 __all__ = ["main", "Context", "pass_context", "Failure", "UsageFailure", "default_uri",
            "NAMESPACE"]
 
-# --- command groups of other modules: one import and one add_command each, below ---
-from vmhealth.cli_guest import cloudinit, guest  # noqa: E402, I001 - needs main defined
-
 main.add_command(guest)
 main.add_command(cloudinit)
-from vmhealth.cli_daemon import (  # noqa: E402, I001 - needs main defined
-    daemon_command, events_command, probe_command, status_command, wait_command)
-
 main.add_command(daemon_command)
 main.add_command(status_command)
 main.add_command(wait_command)
 main.add_command(events_command)
 main.add_command(probe_command)
-from vmhealth.cli_hook import hook  # noqa: E402, I001 - needs main defined
-
 main.add_command(hook)

@@ -8,7 +8,7 @@ import click
 import libvirt
 
 from vmhealth import seediso
-from vmhealth.cli import Context, Failure, UsageFailure, pass_context
+from vmhealth.cli_context import Context, Failure, UsageFailure, pass_context
 from vmhealth.cloudinit_render import UserDataError, render
 from vmhealth.connection import LibvirtError, persistent_xml
 from vmhealth.domainxml import read_spec
