@@ -10,7 +10,10 @@ another process, the daemon's own listener with status, events and metrics), run
 one core), objects tracked by the garbage collector and the probes run; then the RSS
 growth from the second minute to the last (the first minute includes warm-up: caches,
 the socket pool, the allocator's arenas). A steady RSS and object count at 120,000
-probes a minute is the evidence that nothing accumulates per probe.
+probes a minute is the evidence that nothing accumulates per probe. The guests are
+bench_probes.py's FakeGuest: the daemon's address cache, so every guest's addresses
+are looked up again every 30 s (address_refresh_seconds) and the native lane hands
+their probes back to Python when they expire, as in the daemon.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 from bench_probes import (  # noqa: E402 - after the path set-up above
     CountingMonitor,
     FakeGuest,
+    GuestPools,
     Tally,
     cpu_seconds,
     domain_spec,
@@ -52,11 +56,11 @@ async def soak(ports: list[int], domains: int, minutes: int, native: bool) -> li
         raise SystemExit("vmhealth._fastlane is not built (pip install -e . with llhttp)")
     tally = Tally()
     tally.measuring = True  # count every outcome
-    events, metrics = EventLog(), Metrics()
+    events, metrics, pools = EventLog(), Metrics(), GuestPools()
     clock = LoopClock(CoarseTimers())
     probers = []
     for i in range(domains):
-        health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}")
+        health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}", pools, tally)
         monitor = CountingMonitor(tally, f"uuid-{i}", health, access, events, metrics)
         prober = DomainProber(health, access, monitor, starters=starter_for, clock=clock,
                               lanes=lanes)
@@ -69,7 +73,7 @@ async def soak(ports: list[int], domains: int, minutes: int, native: bool) -> li
     try:
         for minute in range(1, minutes + 1):
             cpu0, wall0 = cpu_seconds(), time.monotonic()
-            runs0 = sum(tally.outcomes.values())
+            runs0, look_ups0 = sum(tally.outcomes.values()), tally.look_ups
             await asyncio.sleep(60)
             if lanes is not None:
                 lanes.fold_all()  # as a /metrics scrape would, once a minute
@@ -79,14 +83,17 @@ async def soak(ports: list[int], domains: int, minutes: int, native: bool) -> li
                 "cpu_percent": 100 * (cpu_seconds() - cpu0) / (time.monotonic() - wall0),
                 "gc_objects": len(gc.get_objects()),
                 "probes": sum(tally.outcomes.values()) - runs0,
+                "look_ups": tally.look_ups - look_ups0,
             })
             row = rows[-1]
             print(f"minute {minute:3}: RSS {row['rss_mb']:6.1f} MB, CPU {row['cpu_percent']:5.1f}%"
-                  f", gc objects {row['gc_objects']:8}, probes {row['probes']}", flush=True)
+                  f", gc objects {row['gc_objects']:8}, probes {row['probes']}, "
+                  f"address look-ups {row['look_ups']}", flush=True)
     finally:
         await asyncio.gather(*(prober.stop() for prober in probers))
         if lanes is not None:
             lanes.close()
+        pools.close()
     not_success = {f"{kind.short}:{outcome.value}": n
                    for (kind, outcome), n in tally.outcomes.items() if outcome.value != "success"}
     print("outcomes other than success:", json.dumps(not_success) if not_success else "none")
