@@ -160,9 +160,25 @@ class Tally:
             if result.outcome is not Outcome.SUCCESS and len(self.failures) < 5:
                 self.failures.append(result.message)
 
-    def observe(self, kind, late):
+    def observe(self, late):
         if self.measuring:
             self.lateness.append(late)
+
+
+class LatenessClock:
+    """The daemon's clock, timing from outside how late each probe tick runs."""
+
+    def __init__(self, clock: LoopClock, tally: Tally) -> None:
+        self._clock, self._tally = clock, tally
+
+    def now(self) -> float:
+        return self._clock.now()
+
+    def call_at(self, when, callback) -> None:
+        def timed():
+            self._tally.observe(self._clock.now() - when)
+            callback()
+        self._clock.call_at(when, timed)
 
 
 class CountingMonitor(DomainMonitor):
@@ -224,12 +240,13 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
     if phase == "probes" and lanes is None:
         raise SystemExit("vmhealth._fastlane is not built (pip install -e . with llhttp)")
     events, metrics, pools = EventLog(), Metrics(), GuestPools()
-    probers, clock = [], LoopClock(CoarseTimers(grain))  # one grid for all, as in the daemon
+    # One grid for all, as in the daemon.
+    probers, clock = [], LatenessClock(LoopClock(CoarseTimers(grain)), tally)
     for i in range(domains):
         health, access = domain_spec(ports[i % len(ports)]), FakeGuest(f"vm{i}", pools, tally)
         monitor = CountingMonitor(tally, f"uuid-{i}", health, access, events, metrics)
         prober = DomainProber(health, access, monitor, starters=starters,
-                              lateness_observer=tally.observe, clock=clock, lanes=lanes)
+                              clock=clock, lanes=lanes)
         monitor.attach(prober)
         probers.append(prober)
     for prober in probers:

@@ -156,14 +156,13 @@ def health(**probes: spec.Probe) -> spec.HealthSpec:
 
 
 class Harness:
-    def __init__(self, spec_: spec.HealthSpec, outcomes, *, rng=None, takes=0.0,
-                 lateness=None):
+    def __init__(self, spec_: spec.HealthSpec, outcomes, *, rng=None, takes=0.0):
         self.clock = FakeClock()
         self.script = Script(self.clock, outcomes, takes=takes)
         self.listener = Recorder()
         self.access = Access()
         self.prober = DomainProber(spec_, self.access, self.listener, clock=self.clock,
-                                   rng=rng, starters=self.script, lateness_observer=lateness)
+                                   rng=rng, starters=self.script)
 
 
 def scenario(test):
@@ -403,17 +402,6 @@ async def test_a_probe_longer_than_its_period_skips_the_missed_ticks():
     h.prober.start()
     await h.clock.advance(7)
     assert h.script.times(ProbeKind.READINESS) == [0, 3, 6]
-    await h.prober.stop()
-
-
-@scenario
-async def test_lateness_observer_sees_each_probe_start():
-    seen = []
-    h = Harness(health(readiness=probe(ProbeKind.READINESS)), {ProbeKind.READINESS: [S]},
-                lateness=lambda kind, late: seen.append((kind, late)))
-    h.prober.start()
-    await h.clock.advance(2.5)
-    assert seen == [(ProbeKind.READINESS, 0.0)] * 3
     await h.prober.stop()
 
 

@@ -208,7 +208,6 @@ class DomainProber:
     def __init__(self, health: spec.HealthSpec, access: GuestAccess,
                  listener: ProbeListener, *, clock: Clock | None = None,
                  rng: random.Random | None = None, starters: StarterFactory = starter_for,
-                 lateness_observer: Callable[[ProbeKind, float], None] | None = None,
                  lanes: NativeLanes | None = None,
                  ) -> None:
         self._access = access
@@ -216,7 +215,6 @@ class DomainProber:
         self._listener = listener
         self._clock = clock or SHARED_CLOCK
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not cryptography
-        self._lateness_observer = lateness_observer
         self._workers = {kind: _Worker(kind, probe, _starter(health, probe, starters))
                          for kind, probe in health.probes().items()}
         self._has_startup = ProbeKind.STARTUP in self._workers
@@ -312,8 +310,6 @@ class DomainProber:
         if self._gated(worker):
             self._schedule_next(worker)
             return
-        if self._lateness_observer is not None:
-            self._lateness_observer(worker.kind, self._clock.now() - worker.tick)
         worker.attempt = 1
         self._attempt(worker)
 
