@@ -149,8 +149,12 @@ class Sandbox:
                 "the sandbox only runs inside its namespaces: "
                 "tests/e2e/run or scripts/demo (see docs/e2e.md)"
             )
-        # Taken before anything is mounted over them; compared by host_changes().
-        self._host_files = hostcheck.snapshot()
+        # Read through a non-recursive bind mount of /, as host_changes() reads them:
+        # inside another sandbox (the demo's smoke test runs inside the e2e suite's)
+        # "/etc/libvirt" is that sandbox's tmpfs, not the host's.
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with hostcheck.host_root(self.log_dir) as root:
+            self._host_files = hostcheck.snapshot(root)
         self._mount_private_dirs()
         self._provide_accounts()
         self._write_config()
