@@ -9,6 +9,7 @@ Probe periods are 1 s so the suite stays fast.
 from __future__ import annotations
 
 import json
+import re
 import signal
 import time
 from pathlib import Path
@@ -200,6 +201,7 @@ def test_watchdog_event_is_recorded(daemon, guests, recorder):
     """The watchdog powers the guest off; with the default runStrategy (Manual) it
     stays off, as before run strategies."""
     paused = guests["paused"]
+    paused.wait_for_agent(timeout=BOOT_TIMEOUT)  # kill_service goes through the agent
     paused.kill_service("watchdog", "KILL")
     recorder.wait_for("dmn-paused", "watchdog", timeout=60)
     def recorded():
@@ -217,7 +219,7 @@ def test_watchdog_event_is_recorded(daemon, guests, recorder):
 
 def test_run_strategy_always_starts_a_watchdog_poweroff_again(daemon, guests, recorder):
     always = guests["always"]
-    wait_status(daemon, "dmn-always", "ready", lambda e: e["ready"])
+    wait_status(daemon, "dmn-always", "ready", lambda e: e["ready"])  # agent answers
     run_id = current_run_id(always)
     always.kill_service("watchdog", "KILL")
     recorder.wait_for("dmn-always", "watchdog", timeout=60)
@@ -383,3 +385,36 @@ def test_ping_liveness_restarts_when_the_agent_is_gone(daemon, guests):
                               {"path": "kill", "arg": ["-KILL", str(pid)]})
 
     _assert_restarted_within(daemon, agent, kill_the_agent, bound=RESTART_BOUND)
+
+
+def test_a_restart_whose_start_fails_is_tried_again_after_the_back_off(daemon, guests):
+    """The liveness restart stops the guest, but its start fails (its initrd is gone
+    from the definition): the daemon says so and tries again after the back-off, and
+    the domain runs again once it can start."""
+    web = guests["web"]
+    _restart_with_spec(web, WEB_SPEC)  # HTTP liveness again (earlier tests changed it)
+    wait_status(daemon, "dmn-web", "live by HTTP after the startup probe",
+                lambda e: e["ready"] and e["probes"]["liveness"].get("lastResult", {})
+                .get("outcome") == "success")
+    conn = web.dom.connect()
+    good = web.dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+    initrd = re.search(r"<initrd>([^<]+)</initrd>", good).group(1)
+    conn.defineXML(good.replace(initrd, "/nonexistent/vmhealth-e2e-initrd.gz"))
+    since = max((event["seq"] for event in daemon.client.events()), default=0)
+    run_id = current_run_id(web)
+    try:
+        web.kill_service("httpd", "KILL")
+        failed = wait_until(
+            lambda: [e for e in _events_since(daemon, "dmn-web", since)
+                     if e["type"] == "LivenessActionFailed"
+                     and "start failed" in e["message"]],
+            timeout=60, what="the restart's start to fail")
+        assert "trying again after the back-off" in failed[0]["message"]
+        assert not web.dom.isActive()
+    finally:
+        conn.defineXML(good)
+    wait_until(lambda: web.dom.isActive() and current_run_id(web) != run_id, timeout=60,
+               what="dmn-web started by the next attempt")
+    types = [e["type"] for e in _events_since(daemon, "dmn-web", since)]
+    assert "RestartBackOff" in types and "LivenessAction" in types, types
+    wait_status(daemon, "dmn-web", "ready again", lambda e: e["ready"])
