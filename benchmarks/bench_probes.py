@@ -1,6 +1,6 @@
 """Probe engine at scale: 1,000 domains, HTTP readiness + TCP liveness, periodSeconds 1.
 
-    .venv/bin/python benchmarks/bench_probes.py [--domains 1000] [--seconds 20]
+    .venv/bin/python benchmarks/bench_probes.py [--domains 1000] [--seconds 30]
                                                 [--rounds 3] [--loop asyncio|uvloop]
 
 Each domain also has a guestAgentPing startup probe answered by a fake agent, so
@@ -8,7 +8,10 @@ startup gating is part of the run. Each domain's GuestAccess is the daemon's own
 (LibvirtGuestAccess) with only libvirt faked (FakeGuest): its addresses expire every
 address_refresh_seconds (30 s), a look-up runs in the background while the stale ones
 are probed, and the native lane hands its probes back to Python when they expire
-(at 1,000 domains: ~33 look-ups and ~67 hand-backs a second). Every domain reports
+(at 1,000 domains: ~33 look-ups and ~67 hand-backs a second on average). The guests
+start together, as on a daemon's start, so their addresses expire together, once a
+period; the measured window is one period long (30 s), so it holds one refresh of
+every guest. Every domain reports
 to the daemon's own listener (DomainMonitor: status, events, Prometheus metrics). The
 targets are served on 127.0.0.1 by a separate process (benchmarks/loopback_targets.py);
 each phase runs in a fresh child process, so its CPU (getrusage) and RSS are the
@@ -362,7 +365,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--domains", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=20, help="measured window per phase")
+    # One address refresh period: every guest's addresses expire once in the window.
+    parser.add_argument("--seconds", type=float,
+                        default=DaemonConfig().address_refresh_seconds,
+                        help="measured window per phase (default: address_refresh_seconds)")
     parser.add_argument("--warmup", type=float, default=5)
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of the four phases, interleaved; the median is shown")
