@@ -418,3 +418,26 @@ def test_a_restart_whose_start_fails_is_tried_again_after_the_back_off(daemon, g
     types = [e["type"] for e in _events_since(daemon, "dmn-web", since)]
     assert "RestartBackOff" in types and "LivenessAction" in types, types
     wait_status(daemon, "dmn-web", "ready again", lambda e: e["ready"])
+
+
+def test_kubevirt_readiness_scenarios_uname_and_tcp_without_a_listener(daemon, guests,
+                                                                       sandbox, tmp_path):
+    """KubeVirt's functional probe tests (tests/network/probes.go): exec readiness with
+    `uname -a` is ready; TCP readiness on a port nothing listens on never is. Applied
+    in place to the running agent guest (no listener on TCP_PORT there)."""
+    def apply(spec: dict) -> None:
+        result = daemon.cli("--connect", sandbox.uri, "apply", "dmn-agent", "-f",
+                            _write_spec(tmp_path, spec))
+        assert result.returncode == 0, result.stderr
+
+    guests["agent"].wait_for_agent(timeout=BOOT_TIMEOUT)
+    apply({"readinessProbe": {"exec": {"command": ["uname", "-a"]}, **FAST}})
+    entry = wait_status(daemon, "dmn-agent", "ready by exec uname -a",
+                        lambda e: e["ready"] and "uname" in e["probes"]["readiness"]
+                        .get("lastResult", {}).get("message", ""), timeout=30)
+    assert "Linux" in entry["probes"]["readiness"]["lastResult"]["message"]
+    apply({"readinessProbe": {"tcpSocket": {"port": TCP_PORT}, **FAST}})
+    wait_status(daemon, "dmn-agent", "probed by TCP",
+                lambda e: "tcp" in e["probes"]["readiness"].get("lastResult", {})
+                .get("message", ""), timeout=30)
+    assert not any(_ready_for(daemon, "dmn-agent", 4))
