@@ -5,11 +5,8 @@ watchdog on restore after `vmhealth apply` changed it."""
 from __future__ import annotations
 
 import json
-import os
-import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import libvirt
@@ -150,51 +147,3 @@ def test_restore_brings_back_the_action_applied_after_the_save(sandbox, guest_fa
     finally:
         _virsh(sandbox, "destroy", guest.name)
         image.unlink(missing_ok=True)
-
-
-def _start_seconds(sandbox, name: str) -> float:
-    start = time.perf_counter()
-    assert _virsh(sandbox, "start", name).returncode == 0
-    seconds = time.perf_counter() - start
-    _virsh(sandbox, "destroy", name)
-    return seconds
-
-
-def test_report_the_time_the_hook_adds_to_a_start(sandbox, guest_factory, hook_installed,
-                                                  work_dir):
-    """Not asserted (timings belong in benchmarks): printed for docs/hook.md.
-
-    With and without the hook alternate run by run, so load from anything else on the
-    machine hits both alike. "Without" clears the hook's executable bit: libvirt lists
-    qemu.d on every call and skips files it cannot execute, so no reload is involved.
-    A start runs prepare, start and started.
-    """
-    runs = int(os.environ.get("VMHEALTH_HOOK_E2E_RUNS", "5"))
-    hook = Path("/etc/libvirt/hooks/qemu.d/vmhealth")
-    # libvirt's own cost of running any hook (fork, exec, pipes), for comparison.
-    noop = hook.with_name("zz-noop")
-    noop.write_text("#!/bin/sh\nexit 0\n")
-    plain = guest_factory.create("hook-time-plain", start=False)
-    watched = guest_factory.create("hook-time-spec", start=False)
-    _apply(sandbox, watched.name, _spec_file(work_dir, "reset"))
-    variants = {"vmhealth hook": (0o755, 0o644), "no hook": (0o644, 0o644),
-                "/bin/sh no-op hook": (0o644, 0o755)}
-    times: dict[tuple[str, str], list[float]] = {}
-    try:
-        for _ in range(runs):
-            for variant, (hook_mode, noop_mode) in variants.items():
-                hook.chmod(hook_mode)
-                noop.chmod(noop_mode)
-                for guest in (plain, watched):
-                    times.setdefault((guest.name, variant), []).append(
-                        _start_seconds(sandbox, guest.name))
-    finally:
-        hook.chmod(0o755)
-        noop.unlink()
-    for guest in (plain, watched):
-        base = statistics.median(times[(guest.name, "no hook")]) * 1000
-        report = ", ".join(
-            f"{variant} {statistics.median(times[(guest.name, variant)]) * 1000 - base:+.0f} ms"
-            for variant in variants if variant != "no hook")
-        print(f"\n{guest.name}: virsh start median {base:.0f} ms without hooks; {report} "
-              f"({runs} alternating runs each)")
