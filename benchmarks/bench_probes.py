@@ -8,11 +8,11 @@ startup gating is part of the run. Each domain's GuestAccess is the daemon's own
 (LibvirtGuestAccess) with only libvirt faked (FakeGuest): its addresses expire every
 address_refresh_seconds (30 s), a look-up runs in the background while the stale ones
 are probed, and the native lane hands its probes back to Python when they expire
-(at 1,000 domains: ~33 look-ups and ~67 hand-backs a second on average). The guests
-start together, as on a daemon's start, so their addresses expire together, once a
-period; the measured window is one period long (30 s), so it holds one refresh of
-every guest. Every domain reports
-to the daemon's own listener (DomainMonitor: status, events, Prometheus metrics). The
+(at 1,000 domains: ~33 look-ups a second; 2026-12-04, each probe then ran twice in
+Python per refresh, ~133 a second). The guests start together, as on a daemon's
+start, so their addresses expire together, once a period; the measured window is one
+period long (30 s), so it holds one refresh of every guest. Every domain reports to
+the daemon's own listener (DomainMonitor: status, events, Prometheus metrics). The
 targets are served on 127.0.0.1 by a separate process (benchmarks/loopback_targets.py);
 each phase runs in a fresh child process, so its CPU (getrusage) and RSS are the
 daemon-side figures. Four phases, each after a warm-up, repeated in interleaved
