@@ -415,8 +415,13 @@ def test_a_restart_whose_start_fails_is_tried_again_after_the_back_off(daemon, g
         conn.defineXML(good)
     wait_until(lambda: web.dom.isActive() and current_run_id(web) != run_id, timeout=60,
                what="dmn-web started by the next attempt")
+    # The action's event follows the start it reports.
+    wait_until(lambda: "LivenessAction" in [e["type"] for e in
+                                            _events_since(daemon, "dmn-web", since)],
+               timeout=30, what="the restart to be reported done")
     types = [e["type"] for e in _events_since(daemon, "dmn-web", since)]
-    assert "RestartBackOff" in types and "LivenessAction" in types, types
+    assert types.index("LivenessActionFailed") < types.index("RestartBackOff", types.index(
+        "LivenessActionFailed")) < types.index("LivenessAction"), types
     wait_status(daemon, "dmn-web", "ready again", lambda e: e["ready"])
 
 
