@@ -70,9 +70,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from benchmarks import agent_ping_paths as agent_paths  # noqa: E402
-from tests.e2e.harness import guest_image, namespace, paths  # noqa: E402
-from tests.e2e.harness.guests import GuestFactory  # noqa: E402
-from tests.e2e.harness.sandbox import Sandbox  # noqa: E402
+
+from tools.sandbox import guest_image, namespace, paths  # noqa: E402
+from tools.sandbox.guests import GuestFactory  # noqa: E402
+from tools.sandbox.sandbox import Sandbox  # noqa: E402
 
 TARGET_RATIO = 20.0
 GET_TIME = {"execute": "guest-get-time"}

@@ -17,16 +17,16 @@ from pathlib import Path
 import libvirt
 import pytest
 
-from tests.e2e.harness import agent as harness_agent
-from tests.e2e.harness import paths
-from tests.e2e.harness.daemon import (
+from tools.sandbox import agent as harness_agent
+from tools.sandbox import paths
+from tools.sandbox.daemon import (
     BOOT_TIMEOUT,
     DaemonProcess,
     current_run_id,
     define_with_spec,
     wait_status,
 )
-from tests.e2e.harness.waiting import wait_until
+from tools.sandbox.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

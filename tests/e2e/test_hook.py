@@ -13,9 +13,9 @@ import libvirt
 import pytest
 from lxml import etree
 
-from tests.e2e.harness import paths
-from tests.e2e.harness.domain_xml import watchdog_actions
-from tests.e2e.harness.waiting import wait_until
+from tools.sandbox import paths
+from tools.sandbox.domain_xml import watchdog_actions
+from tools.sandbox.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 

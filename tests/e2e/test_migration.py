@@ -20,16 +20,16 @@ import time
 import libvirt
 import pytest
 
-from tests.e2e.harness.daemon import (
+from tests.e2e.harness.peer import PEER_DIR, PeerHost
+from tools.sandbox.daemon import (
     BOOT_TIMEOUT,
     DaemonProcess,
     current_run_id,
     define_with_spec,
     wait_status,
 )
-from tests.e2e.harness.domain_xml import watchdog_actions
-from tests.e2e.harness.peer import PEER_DIR, PeerHost
-from tests.e2e.harness.waiting import wait_until
+from tools.sandbox.domain_xml import watchdog_actions
+from tools.sandbox.waiting import wait_until
 from vmhealth.xmlsafe import parse_xml, to_string
 
 pytestmark = pytest.mark.e2e

@@ -7,7 +7,7 @@ from __future__ import annotations
 import libvirt
 import pytest
 
-from tests.e2e.harness.waiting import wait_until
+from tools.sandbox.waiting import wait_until
 
 pytestmark = pytest.mark.e2e
 
