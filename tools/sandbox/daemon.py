@@ -35,15 +35,19 @@ class DaemonProcess:
     """
 
     def __init__(self, workdir: Path, uri: str, spool_dir: Path | None = None,
-                 launcher: Callable[[], list[str]] = list) -> None:
+                 launcher: Callable[[], list[str]] = list, tcp_listen: str = "",
+                 web_config_file: Path | None = None) -> None:
         self.workdir = workdir
         self.socket = str(workdir / "api.sock")
         self.config = workdir / "vmhealth.conf"
+        # tcp_listen, web_config_file: the read-only web listener ([api], docs/prometheus.md)
+        web = f"tcp_listen = {tcp_listen}\n" if tcp_listen else ""
+        web += f"web_config_file = {web_config_file}\n" if web_config_file else ""
         self.config.write_text(
             f"[daemon]\nlibvirt_uri = {uri}\n"
             f"spool_dir = {spool_dir or workdir / 'spool'}\n"
             "state_refresh_seconds = 0.5\n[api]\n"
-            f"socket_path = {self.socket}\n")
+            f"socket_path = {self.socket}\n" + web)
         self.log = workdir / "daemon.log"
         self.launcher = launcher
         self.process: subprocess.Popen | None = None
