@@ -367,6 +367,40 @@ def test_idle_keep_alive_connection_is_cut_after_the_idle_timeout(served):
         wait_until(lambda: web.web.connections == 0, "the connection released")
 
 
+def still_open(sock: socket.socket) -> bool:
+    sock.setblocking(False)
+    try:
+        sock.recv(1, socket.MSG_PEEK)
+    except BlockingIOError:
+        return True  # nothing to read, no end of stream
+    except OSError:
+        return False
+    finally:
+        sock.setblocking(True)
+    return False
+
+
+def test_stalled_tls_handshakes_neither_stall_scrapers_nor_stay(served, tmp_path):
+    """Before TLS is up there is no request head to time: the handshake has a deadline
+    of its own (head_timeout), for a client that sends nothing and one that sends the
+    first bytes of a ClientHello and no more."""
+    cert, key = self_signed(tmp_path)
+    web = served(limits=Limits(head_timeout=3.0), web_config=web_config(
+        tmp_path, f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"))
+    silent = socket.create_connection(("127.0.0.1", web.port))
+    partial = socket.create_connection(("127.0.0.1", web.port))
+    partial.sendall(b"\x16\x03\x01\x02\x00\x01")  # a record header, a byte of hello
+    try:
+        assert web.get("/metrics", context=client_context(cert))[0] == 200
+        # Served while both handshakes were still waiting (the server had closed neither).
+        assert still_open(silent) and still_open(partial)
+        assert closed_by_server(silent) and closed_by_server(partial)
+        assert web.get("/healthz", context=client_context(cert))[0] == 200
+    finally:
+        silent.close()
+        partial.close()
+
+
 def test_huge_header_is_400_and_stalls_nobody(served):
     web = served()
     with socket.create_connection(("127.0.0.1", web.port)) as huge:
