@@ -1,8 +1,11 @@
-"""The `vmhealth` command line.
+"""The `vmhealth` command line: the root group and the commands that edit a domain's
+definition (apply, show, remove, probes pause|resume).
 
-Exit codes: 0 ok, 1 failed (libvirt unreachable, unknown domain, libvirt refused),
-2 bad usage or an invalid spec. Errors go to stderr as one line naming the problem
-and the fix; nothing is written when anything fails.
+The other commands live in cli_daemon (daemon, status, wait, events, probe),
+cli_guest (guest, cloudinit) and cli_hook (hook); what they all share (the context,
+the errors, --connect, the exit codes) is in cli_context, which its docstring
+describes. Those modules never import this one. Nothing is written to a domain's
+definition when anything fails.
 """
 
 from __future__ import annotations
@@ -28,7 +31,6 @@ from vmhealth.cli_guest import cloudinit, guest
 from vmhealth.cli_hook import hook
 from vmhealth.connection import (
     LibvirtError,
-    default_uri,
     define,
     persistent_xml,
 )
@@ -52,10 +54,9 @@ MULTIPLE_WATCHDOGS_SINCE = 9_001_000  # libvirt 9.1.0 accepts several <watchdog>
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="vmhealth")
-@click.option("-c", "--connect", "uri", metavar="URI", default=None,
-              help="libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system).")
+@connect_option
 @click.pass_context
-def main(ctx: click.Context, uri: str | None) -> None:
+def main(ctx: click.Context) -> None:
     """KubeVirt-style health checks for libvirt/KVM domains.
 
     Declare probes and a watchdog for a domain from a KubeVirt manifest or a vmhealth
@@ -63,10 +64,7 @@ def main(ctx: click.Context, uri: str | None) -> None:
     domain's own definition, in <metadata> under the namespace
     https://vmhealth.dev/xmlns/health/1.
     """
-    if ctx.obj is None:
-        ctx.obj = Context(uri=uri)
-    elif uri is not None:
-        ctx.obj.uri = uri
+    ctx.ensure_object(Context)
 
 
 def _load(source: str, domain: str):
@@ -257,9 +255,9 @@ def _set_live_metadata(dom, domain: str, element: str | None) -> None:
                                 "cleared the running domain's metadata"))
 
 
-# What other modules and the tests import from here.
-__all__ = ["main", "Context", "pass_context", "Failure", "UsageFailure", "default_uri",
-           "NAMESPACE"]
+# What the entry point and the tests import from here (command modules import
+# cli_context instead: nothing imports this module but the entry point and tests).
+__all__ = ["main", "Context"]
 
 main.add_command(guest)
 main.add_command(cloudinit)

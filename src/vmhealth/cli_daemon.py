@@ -1,9 +1,10 @@
 """CLI commands of the host monitor: daemon, status, wait, events, probe.
 
-All but `daemon` talk to the running daemon over its API socket. Exit codes: 0 ok,
-1 not ready/not live/failed/unreachable/timed out, 2 bad usage or configuration.
-`vmhealth status DOMAIN` exits 1 unless the domain is live and ready, so a cluster
-manager (Pacemaker VirtualDomain's monitor_scripts) can call it as is.
+All but `daemon` talk to the running daemon over its API socket. Exit codes as
+vmhealth.cli_context says: 0 ok, 1 not ready/not live/failed/unreachable/timed out,
+2 bad usage or configuration. `vmhealth status DOMAIN` exits 1 unless the domain is
+live and ready, so a cluster manager (Pacemaker VirtualDomain's monitor_scripts) can
+call it as is.
 
 Everything shown from the daemon (reasons, messages, names, its errors) is printed
 through vmhealth.terminal, which escapes control characters: it may quote a guest.
@@ -26,7 +27,9 @@ from typing import Any
 import click
 import yaml
 
+from vmhealth.cli_context import Failure, NotOk, UsageFailure
 from vmhealth.monitor.client import DEFAULT_SOCKET, ApiClient, ApiError, ApiUnavailable
+from vmhealth.monitor.config import DEFAULT_PATH as DEFAULT_CONFIG_PATH
 from vmhealth.spec import ProbeKind
 from vmhealth.status_table import (
     EVENT_COLUMNS,
@@ -37,7 +40,7 @@ from vmhealth.status_table import (
     render,
     status_table,
 )
-from vmhealth.terminal import echo, for_terminal
+from vmhealth.terminal import echo
 
 WAIT_POLL_SECONDS = 1.0
 # `vmhealth probe` waits out the daemon's rate limit (429 + Retry-After) this long at most.
@@ -53,17 +56,6 @@ TIME_ZONE: datetime.tzinfo | None = None
 _now = time.time
 _sleep = time.sleep
 DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+(?:\.\d+)?)s?)?$")
-
-
-class Failure(click.ClickException):
-    exit_code = 1
-
-    def __init__(self, message: str) -> None:
-        super().__init__(for_terminal(message))
-
-
-class UsageFailure(click.ClickException):
-    exit_code = 2
 
 
 def parse_duration(text: str) -> float:
@@ -95,7 +87,7 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 
 @click.command("daemon")
 @click.option("--config", "config_path", envvar="VMHEALTH_CONFIG",
-              default="/etc/vmhealth/vmhealth.conf", show_default=True,
+              default=DEFAULT_CONFIG_PATH, show_default=True,
               help="Configuration file (a missing file means all defaults).")
 def daemon_command(config_path: str) -> None:
     """Run the host monitor daemon (systemd starts it as vmhealth.service)."""
@@ -157,7 +149,7 @@ def status_command(domain: str | None, output: str, watch: bool, interval: str,
     else:
         _print_status(view, output)
     if domain and not view.healthy:
-        raise SystemExit(1)
+        raise NotOk()
 
 
 class StatusView:
@@ -329,7 +321,7 @@ def probe_command(domain: str, kind: str, output: str, socket_path: str) -> None
         echo(f"{domain} {kind}: {result['outcome']} in {result['duration'] * 1000:.0f} "
                    f"ms: {result['message']}")
     if result["outcome"] != "success":
-        raise SystemExit(1)
+        raise NotOk()
 
 
 

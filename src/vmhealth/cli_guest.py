@@ -8,7 +8,7 @@ import click
 import libvirt
 
 from vmhealth import seediso
-from vmhealth.cli_context import Context, Failure, UsageFailure, pass_context
+from vmhealth.cli_context import Context, Failure, UsageFailure, connect_option, pass_context
 from vmhealth.cloudinit_render import UserDataError, render
 from vmhealth.connection import LibvirtError, persistent_xml
 from vmhealth.domainxml import read_spec
@@ -157,8 +157,6 @@ def _target(distro: str | None, found: str | None):
 distro_option = click.option("--distro", type=click.Choice(sorted(RENDER_TARGETS)),
                              help="Guest distribution (default: from the domain's libosinfo "
                                   "metadata).")
-connect_option = click.option("--connect", "uri", metavar="URI",
-                              help="libvirt URI (same as vmhealth -c).")
 
 
 def _render(spec: HealthSpec, distro) -> str:
@@ -176,12 +174,10 @@ def _render(spec: HealthSpec, distro) -> str:
 @connect_option
 @pass_context
 def render_command(ctx: Context, spec_file: str | None, domain: str | None,
-                   distro: str | None, uri: str | None) -> None:
+                   distro: str | None) -> None:
     """Print #cloud-config user data for the spec, merged with the manifest's own."""
     if (spec_file is None) == (domain is None):
         raise UsageFailure("give exactly one of --spec FILE or --domain DOMAIN")
-    if uri:
-        ctx.uri = uri
     if spec_file is not None:
         spec, found = _load_spec(spec_file, domain), None
     else:
@@ -207,10 +203,8 @@ def render_command(ctx: Context, spec_file: str | None, domain: str | None,
 @pass_context
 def seed_command(ctx: Context, domain: str, output: str, spec_file: str | None,
                  network_config, instance_id: str | None, attach: bool,
-                 distro: str | None, uri: str | None) -> None:
+                 distro: str | None) -> None:
     """Write a NoCloud seed ISO (label cidata) for DOMAIN."""
-    if uri:
-        ctx.uri = uri
     spec, found, uuid = _from_domain(ctx, domain) if spec_file is None else (
         _load_spec(spec_file, domain), None, None)
     if uuid is None:

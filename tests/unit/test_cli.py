@@ -126,6 +126,45 @@ def test_connect_after_the_subcommand():
     assert "cannot connect to libvirt at test:///nonexistent/driver.xml" in result.output
 
 
+NOWHERE = "test:///nonexistent/driver.xml"
+
+
+@pytest.mark.parametrize("args", [
+    ["-c", NOWHERE, "show", "web1"],
+    ["show", "web1", "-c", NOWHERE],
+    ["-c", "test:///default", "show", "web1", "--connect", NOWHERE],  # the later wins
+    ["-c", NOWHERE, "cloudinit", "render", "--domain", "web1"],
+    ["cloudinit", "render", "--domain", "web1", "-c", NOWHERE],
+    ["cloudinit", "seed", "web1", "-o", "seed.iso", "--connect", NOWHERE],
+    ["probes", "pause", "web1", "--connect", NOWHERE],
+])
+def test_one_connect_option_before_or_after_every_libvirt_command(args):
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 1, result.output
+    assert f"cannot connect to libvirt at {NOWHERE}" in result.output
+
+
+def test_without_connect_the_uri_is_libvirt_default_uri(monkeypatch):
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", NOWHERE)
+    result = CliRunner().invoke(main, ["show", "web1"])
+    assert result.exit_code == 1
+    assert f"cannot connect to libvirt at {NOWHERE}" in result.output
+
+
+def test_every_connect_option_has_the_same_help():
+    helps = {" ".join(CliRunner().invoke(main, [*command, "--help"]).output.split())
+             .partition("-c, --connect URI")[2].partition(")")[0]
+             for command in (["show"], ["apply"], ["remove"], ["probes", "pause"],
+                             ["cloudinit", "render"], ["cloudinit", "seed"], [])}
+    assert helps == {" libvirt URI (default: $LIBVIRT_DEFAULT_URI, else qemu:///system"}
+
+
+def test_a_message_from_libvirt_is_escaped_for_the_terminal(run):
+    result = run("show", "web\x1b]0;owned\x07")
+    assert result.exit_code == 1
+    assert "\x1b" not in result.output and "\\x1b]0;owned\\x07" in result.output
+
+
 def test_daemon_raises_its_open_file_limit_to_the_hard_limit():
     script = ("import resource\n"
               "soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)\n"

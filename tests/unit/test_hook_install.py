@@ -32,7 +32,7 @@ def cli(*args: str):
 
 
 def test_install_puts_the_rendered_hook_in_qemu_d(root, tmp_path):
-    result = cli("install", "--root", str(root), "--pid-dir", str(tmp_path))
+    result = cli("install", "--hooks-dir", str(root), "--pid-dir", str(tmp_path))
     assert result.exit_code == 0, result.output
     hook = root / "qemu.d" / "vmhealth"
     assert hook.read_text() == install.hook_text()
@@ -45,50 +45,50 @@ def test_install_puts_the_rendered_hook_in_qemu_d(root, tmp_path):
 
 
 def test_install_twice_is_a_no_op_and_updates_an_old_hook(root, tmp_path):
-    cli("install", "--root", str(root), "--no-reload")
-    again = cli("install", "--root", str(root), "--no-reload")
+    cli("install", "--hooks-dir", str(root), "--no-reload")
+    again = cli("install", "--hooks-dir", str(root), "--no-reload")
     assert "already installed and current" in again.output
     (root / "qemu.d" / "vmhealth").write_text(render())  # another Python's rendering
-    updated = cli("install", "--root", str(root), "--no-reload")
+    updated = cli("install", "--hooks-dir", str(root), "--no-reload")
     assert f"{root / 'qemu.d' / 'vmhealth'}: updated" in updated.output
     assert (root / "qemu.d" / "vmhealth").read_text() == install.hook_text()
 
 
 def test_stub_is_installed_on_request_and_only_ours_is_removed(root):
-    cli("install", "--root", str(root), "--stub", "--no-reload")
+    cli("install", "--hooks-dir", str(root), "--stub", "--no-reload")
     assert (root / "qemu").read_text() == install.STUB_TEXT
     assert os.access(root / "qemu", os.X_OK)
-    result = cli("uninstall", "--root", str(root), "--no-reload")
+    result = cli("uninstall", "--hooks-dir", str(root), "--no-reload")
     assert result.exit_code == 0
     assert not (root / "qemu").exists()
     assert not (root / "qemu.d" / "vmhealth").exists()
 
     (root / "qemu").write_text("#!/bin/sh\n# someone else's\nexit 0\n")
-    cli("install", "--root", str(root), "--stub", "--no-reload")
+    cli("install", "--hooks-dir", str(root), "--stub", "--no-reload")
     assert "someone else's" in (root / "qemu").read_text()
-    cli("uninstall", "--root", str(root), "--no-reload")
+    cli("uninstall", "--hooks-dir", str(root), "--no-reload")
     assert (root / "qemu").exists()
 
 
 def test_uninstall_when_not_installed(root):
-    result = cli("uninstall", "--root", str(root), "--no-reload")
+    result = cli("uninstall", "--hooks-dir", str(root), "--no-reload")
     assert result.exit_code == 0
     assert "was not installed" in result.output
 
 
 def test_status_exit_code_follows_the_hook(root, tmp_path):
-    missing = cli("status", "--root", str(root), "--pid-dir", str(tmp_path))
+    missing = cli("status", "--hooks-dir", str(root), "--pid-dir", str(tmp_path))
     assert missing.exit_code == 1
     assert "hook: not installed" in missing.output
-    cli("install", "--root", str(root), "--no-reload")
-    ok = cli("status", "--root", str(root), "--pid-dir", str(tmp_path))
+    cli("install", "--hooks-dir", str(root), "--no-reload")
+    ok = cli("status", "--hooks-dir", str(root), "--pid-dir", str(tmp_path))
     assert ok.exit_code == 0, ok.output
     assert "installed and current" in ok.output
     (root / "qemu.d" / "vmhealth").chmod(0o644)
-    assert cli("status", "--root", str(root)).exit_code == 1
+    assert cli("status", "--hooks-dir", str(root)).exit_code == 1
     (root / "qemu.d" / "vmhealth").write_text(render())
     (root / "qemu.d" / "vmhealth").chmod(0o755)
-    outdated = cli("status", "--root", str(root))
+    outdated = cli("status", "--hooks-dir", str(root))
     assert outdated.exit_code == 1
     assert "differs from what this vmhealth installs" in outdated.output
 
@@ -135,17 +135,17 @@ def wait_for(path: Path, timeout: float = 20) -> bool:
 
 def test_install_reloads_the_running_daemon_with_sighup(root, fake_virtqemud):
     pid_dir, pid, marker = fake_virtqemud
-    result = cli("install", "--root", str(root), "--pid-dir", str(pid_dir))
+    result = cli("install", "--hooks-dir", str(root), "--pid-dir", str(pid_dir))
     assert result.exit_code == 0, result.output
     assert f"sent SIGHUP to virtqemud (pid {pid})" in result.output
     assert wait_for(marker)
-    status = cli("status", "--root", str(root), "--pid-dir", str(pid_dir))
+    status = cli("status", "--hooks-dir", str(root), "--pid-dir", str(pid_dir))
     assert f"libvirt: virtqemud is running (pid {pid})" in status.output
 
 
 def test_a_stale_pidfile_is_not_signalled(root, tmp_path):
     (tmp_path / "libvirtd.pid").write_text(f"{os.getpid()}\n")  # pytest, not libvirtd
-    result = cli("install", "--root", str(root), "--pid-dir", str(tmp_path))
+    result = cli("install", "--hooks-dir", str(root), "--pid-dir", str(tmp_path))
     assert "neither virtqemud nor libvirtd is running" in result.output
 
 

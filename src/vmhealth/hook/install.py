@@ -1,10 +1,12 @@
 """Put the hook where libvirt runs it, take it away, and tell how things stand.
 
-Where: `<root>/qemu.d/vmhealth`, root being /etc/libvirt/hooks (libvirt's compiled-in
-SYSCONFDIR/libvirt/hooks). libvirt >= 6.5 runs every executable in qemu.d and finds
-the directory on its own (virHookCheck looks at `qemu.d` when there is no `qemu`
-script), so no /etc/libvirt/hooks/qemu is needed; `stub=True` adds an empty one for
-a build that does not (an extra /bin/sh run per hook call, so not by default).
+Where: `<hooks_dir>/qemu.d/vmhealth`, hooks_dir being /etc/libvirt/hooks (libvirt's
+compiled-in SYSCONFDIR/libvirt/hooks; a libvirt built with another prefix has another,
+which `vmhealth hook install --hooks-dir` names). libvirt >= 6.5 runs every executable
+in qemu.d and finds the directory on its own (virHookCheck looks at `qemu.d` when
+there is no `qemu` script), so no /etc/libvirt/hooks/qemu is needed; `stub=True` adds
+an empty one for a build that does not (an extra /bin/sh run per hook call, so not by
+default).
 
 libvirt caches which hooks exist when the daemon starts and on SIGHUP, so installing
 ends with a reload of virtqemud (modular daemons) or libvirtd: `systemctl reload` where
@@ -24,7 +26,8 @@ import vmhealth
 from vmhealth.hook import spool
 from vmhealth.hook.launcher import render
 
-DEFAULT_ROOT = Path("/etc/libvirt/hooks")
+DEFAULT_HOOKS_DIR = Path("/etc/libvirt/hooks")
+# RUNSTATEDIR/libvirt of distribution builds: virtqemud.pid, libvirtd.pid.
 DEFAULT_PID_DIR = Path("/run/libvirt")
 SYSTEMD_RUNNING = Path("/run/systemd/system")  # sd_booted()'s test
 HOOK_NAME = "vmhealth"
@@ -40,12 +43,12 @@ class InstallError(RuntimeError):
     """Something the operator must fix; the message says what."""
 
 
-def hook_path(root: Path) -> Path:
-    return root / "qemu.d" / HOOK_NAME
+def hook_path(hooks_dir: Path) -> Path:
+    return hooks_dir / "qemu.d" / HOOK_NAME
 
 
-def stub_path(root: Path) -> Path:
-    return root / "qemu"
+def stub_path(hooks_dir: Path) -> Path:
+    return hooks_dir / "qemu"
 
 
 def hook_text() -> str:
@@ -69,10 +72,10 @@ def _write_executable(path: Path, text: str) -> None:
         raise
 
 
-def install(root: Path, *, stub: bool = False) -> list[str]:
+def install(hooks_dir: Path, *, stub: bool = False) -> list[str]:
     """Install (or update) the hook; return what was done, one line each."""
     done = []
-    target = hook_path(root)
+    target = hook_path(hooks_dir)
     text = hook_text()
     if target.is_file() and target.read_text(errors="replace") == text \
             and os.access(target, os.X_OK):
@@ -83,23 +86,23 @@ def install(root: Path, *, stub: bool = False) -> list[str]:
         done.append(f"{target}: {verb} (runs {sys.executable} -IS, vmhealth from "
                     f"{Path(vmhealth.__file__).resolve().parents[1]})")
     if stub:
-        if stub_path(root).exists():
-            done.append(f"{stub_path(root)}: left as it is (already present)")
+        if stub_path(hooks_dir).exists():
+            done.append(f"{stub_path(hooks_dir)}: left as it is (already present)")
         else:
-            _write_executable(stub_path(root), STUB_TEXT)
-            done.append(f"{stub_path(root)}: installed an empty stub")
+            _write_executable(stub_path(hooks_dir), STUB_TEXT)
+            done.append(f"{stub_path(hooks_dir)}: installed an empty stub")
     return done
 
 
-def uninstall(root: Path) -> list[str]:
+def uninstall(hooks_dir: Path) -> list[str]:
     done = []
-    target = hook_path(root)
+    target = hook_path(hooks_dir)
     if target.exists():
         target.unlink()
         done.append(f"{target}: removed")
     else:
         done.append(f"{target}: was not installed")
-    stub = stub_path(root)
+    stub = stub_path(hooks_dir)
     if stub.is_file() and stub.read_text(errors="replace") == STUB_TEXT:
         stub.unlink()
         done.append(f"{stub}: removed the stub vmhealth had installed")
@@ -179,7 +182,7 @@ def selinux_advice(search_path: str | None = None) -> str:
     if done.stdout.strip().endswith("on"):
         return f"SELinux: {SELINUX_BOOLEAN} is on: the hook runs unconfined; nothing to do"
     return (f"SELinux: {SELINUX_BOOLEAN} is off: the hook runs confined and may be denied "
-            f"writing {spool.DEFAULT_SPOOL_DIR} (the daemon then learns of domains only from "
+            f"writing {spool.spool_dir()} (the daemon then learns of domains only from "
             f"libvirt events). To allow it: setsebool -P {SELINUX_BOOLEAN} on")
 
 
@@ -187,11 +190,11 @@ def selinux_advice(search_path: str | None = None) -> str:
 # Status
 # ---------------------------------------------------------------------------
 
-def status(root: Path, pid_dir: Path = DEFAULT_PID_DIR,
-           spool_directory: str = spool.DEFAULT_SPOOL_DIR) -> tuple[bool, list[str]]:
+def status(hooks_dir: Path, pid_dir: Path = DEFAULT_PID_DIR) -> tuple[bool, list[str]]:
     """(hook installed and current, report lines)."""
     lines = []
-    target = hook_path(root)
+    spool_directory = spool.spool_dir()
+    target = hook_path(hooks_dir)
     current = False
     if not target.exists():
         lines.append(f"hook: not installed ({target} missing): run `vmhealth hook install`")
@@ -204,7 +207,7 @@ def status(root: Path, pid_dir: Path = DEFAULT_PID_DIR,
     else:
         current = True
         lines.append(f"hook: {target} installed and current")
-    stub = stub_path(root)
+    stub = stub_path(hooks_dir)
     if stub.is_file() and stub.read_text(errors="replace") == STUB_TEXT:
         lines.append(f"stub: {stub} (installed by vmhealth)")
     elif stub.exists():
