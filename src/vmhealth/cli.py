@@ -15,10 +15,10 @@ import difflib
 import json
 
 import click
-import libvirt
 import yaml
 
 from vmhealth import __version__
+from vmhealth.cli_check import check_command, cluster_conflicts
 from vmhealth.cli_context import Context, Failure, UsageFailure, connect_option, pass_context
 from vmhealth.cli_daemon import (
     daemon_command,
@@ -90,9 +90,13 @@ def _diff(before: str, after: str, name: str) -> str:
               help="KubeVirt VirtualMachine(Instance) manifest or vmhealth spec, YAML or "
                    "JSON; '-' reads stdin.")
 @click.option("--dry-run", is_flag=True, help="Print the XML diff; change nothing.")
+@click.option("--cluster-managed", is_flag=True,
+              help="A cluster manager (Pacemaker) recovers DOMAIN: warn when the spec "
+                   "would make vmhealth act too (docs/cluster.md).")
 @connect_option
 @pass_context
-def apply(ctx: Context, domain: str, source: str, dry_run: bool) -> None:
+def apply(ctx: Context, domain: str, source: str, dry_run: bool,
+          cluster_managed: bool) -> None:
     """Store a health spec in DOMAIN's definition and add its watchdog device.
 
     \b
@@ -106,6 +110,8 @@ def apply(ctx: Context, domain: str, source: str, dry_run: bool) -> None:
     effect at the next boot.
     """
     spec = _load(source, domain)
+    for problem in cluster_conflicts(spec) if cluster_managed else ():
+        echo(f"{domain}: warning: cluster-managed: {problem}", err=True)
     conn, dom = ctx.domain(domain)
     if not dom.isPersistent():
         raise Failure(f"domain {domain!r} is transient; vmhealth keeps the spec in the "
@@ -267,3 +273,4 @@ main.add_command(wait_command)
 main.add_command(events_command)
 main.add_command(probe_command)
 main.add_command(hook)
+main.add_command(check_command)

@@ -45,7 +45,11 @@ WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "i
 #   reset     hard reset of the running domain
 #   poweroff  destroy and leave it off (runStrategy may start it again)
 #   none      report only
-LIVENESS_ACTIONS = ("restart", "reset", "poweroff", "none")
+#   report    report only, because a cluster manager (Pacemaker) acts on the failure
+#             (docs/cluster.md): as none, and refused with a runStrategy that starts
+#             the domain again, since the cluster alone decides where it runs
+LIVENESS_ACTIONS = ("restart", "reset", "poweroff", "none", "report")
+REPORT_ACTION = "report"
 DEFAULT_LIVENESS_ACTION = "restart"
 # The order in which a spec's probes are checked (and so which error is reported first).
 PROBE_KINDS = ("livenessProbe", "readinessProbe", "startupProbe")
@@ -470,17 +474,22 @@ def check_spec(data: object, path: str = "spec", *, named_ports: dict | None = N
     user_data = None
     if data.get("userData") is not None:
         user_data = _str(data["userData"], f"{path}.userData", allow_empty=True)
+    action = _one_of(LIVENESS_ACTIONS, data.get("onLivenessFailure", DEFAULT_LIVENESS_ACTION),
+                     f"{path}.onLivenessFailure")
+    run_strategy = _optional(check_run_strategy, data, "runStrategy", path,
+                             DEFAULT_RUN_STRATEGY)
+    if action == REPORT_ACTION and any(RUN_STRATEGY_RESTARTS[run_strategy]):
+        raise SpecError(f"{path}.runStrategy", f"{run_strategy} starts the domain again, but "
+                        "onLivenessFailure: report leaves that to the cluster; use Manual "
+                        "(docs/cluster.md)")
     return {
         "liveness_probe": probes.get("livenessProbe"),
         "readiness_probe": probes.get("readinessProbe"),
         "startup_probe": probes.get("startupProbe"),
         "watchdog": watchdog,
         "termination_grace_period_seconds": grace,
-        "on_liveness_failure": _one_of(LIVENESS_ACTIONS,
-                                       data.get("onLivenessFailure", DEFAULT_LIVENESS_ACTION),
-                                       f"{path}.onLivenessFailure"),
-        "run_strategy": _optional(check_run_strategy, data, "runStrategy", path,
-                                  DEFAULT_RUN_STRATEGY),
+        "on_liveness_failure": action,
+        "run_strategy": run_strategy,
         "guest_agent_ping_paused": _optional(_bool, data, "guestAgentPingPaused", path, False),
         "user_data": user_data,
     }

@@ -137,7 +137,12 @@ class ActionRunner:
 
     def start(self, dom: Any, action: LivenessAction, grace_seconds: int, reason: str
               ) -> asyncio.Task[None] | None:
-        """Run `action` on `dom` in the background; None when one is already in flight."""
+        """Run `action` on `dom` in the background; None when one is already in flight,
+        or when there is nothing to run: `report` (a cluster manager acts, docs/
+        cluster.md) counts the failure in vmhealth_liveness_actions and touches nothing."""
+        if action is LivenessAction.REPORT:
+            self._on_action(dom.name(), action.value)
+            return None
         uuid = dom.UUIDString()
         if uuid in self.pending:
             return None
