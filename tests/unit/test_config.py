@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from vmhealth.connection import DEFAULT_URI, default_uri
+from vmhealth.hook import spool
 from vmhealth.monitor.config import (
     DAEMON_KEYS,
     ConfigError,
@@ -17,6 +19,32 @@ from vmhealth.monitor.config import (
 )
 
 HOST_CONF = Path(__file__).resolve().parents[2] / "host" / "vmhealth.conf"
+
+
+@pytest.fixture(autouse=True)
+def plain_environment(monkeypatch):
+    """The environment of a daemon systemd starts: neither variable set."""
+    monkeypatch.delenv("LIBVIRT_DEFAULT_URI", raising=False)
+    monkeypatch.delenv(spool.SPOOL_DIR_ENV, raising=False)
+
+
+def test_the_libvirt_uri_is_the_key_else_libvirt_default_uri_else_qemu_system(monkeypatch):
+    assert parse_config("").libvirt_uri == DEFAULT_URI == "qemu:///system"
+    monkeypatch.setenv("LIBVIRT_DEFAULT_URI", "qemu:///session")
+    # As `vmhealth` itself (connection.default_uri) reads it.
+    assert parse_config("").libvirt_uri == default_uri() == "qemu:///session"
+    assert load_config("/nonexistent/vmhealth.conf").libvirt_uri == "qemu:///session"
+    explicit = parse_config("[daemon]\nlibvirt_uri = test:///default\n")
+    assert explicit.libvirt_uri == "test:///default"
+
+
+def test_the_spool_directory_is_the_hooks_and_no_key(monkeypatch, tmp_path):
+    assert parse_config("").spool_dir == spool.spool_dir() == "/run/vmhealth/domains"
+    monkeypatch.setenv(spool.SPOOL_DIR_ENV, str(tmp_path))
+    assert parse_config("").spool_dir == spool.spool_dir() == str(tmp_path)
+    with pytest.raises(ConfigError, match=r"\[daemon\] spool_dir: no longer a key: the "
+                                          r"hook cannot read this file.*remove the line"):
+        parse_config("[daemon]\nspool_dir = /srv/spool\n")
 
 
 def test_missing_file_means_defaults(tmp_path: Path):

@@ -13,6 +13,7 @@ from typing import Callable
 import libvirt
 
 from vmhealth.domainxml import apply_spec
+from vmhealth.hook.spool import SPOOL_DIR_ENV
 from vmhealth.monitor.client import ApiClient, ApiError
 from vmhealth.spec import parse_spec
 
@@ -45,9 +46,10 @@ class DaemonProcess:
         web += f"web_config_file = {web_config_file}\n" if web_config_file else ""
         self.config.write_text(
             f"[daemon]\nlibvirt_uri = {uri}\n"
-            f"spool_dir = {spool_dir or workdir / 'spool'}\n"
             "state_refresh_seconds = 0.5\n[api]\n"
             f"socket_path = {self.socket}\n" + web)
+        # Not a config key: the daemon and the hook both read VMHEALTH_SPOOL_DIR.
+        self.spool_dir = spool_dir or workdir / "spool"
         self.log = workdir / "daemon.log"
         self.launcher = launcher
         self.process: subprocess.Popen | None = None
@@ -58,6 +60,7 @@ class DaemonProcess:
             self.process = subprocess.Popen(  # noqa: S603
                 [*self.launcher(), *vmhealth_cli(), "daemon", "--config", str(self.config)],
                 stdout=log, stderr=log, stdin=subprocess.DEVNULL,
+                env={**os.environ, SPOOL_DIR_ENV: str(self.spool_dir)},
                 # Its own session: a Ctrl-C meant for the demo must not stop it
                 # before stop() can check that SIGTERM stops it cleanly.
                 start_new_session=True)

@@ -164,25 +164,14 @@ def align_watchdog(run: Invocation) -> int:
         run.say(f"{run.operation}: and {len(result.changes) - MAX_REPORTED_CHANGES} more "
                 f"watchdogs: action -> {action}")
     if result.missing_model is not None:
-        _record_pending_watchdog(run, uuid, model, action)
-    else:
-        spool.remove(run.spool_dir, uuid, (spool.PENDING_WATCHDOG_SUFFIX,))
+        # Said, not spooled: libvirt keeps the hook's stderr in its log, and no part of
+        # vmhealth acts on it (the daemon reads the live XML when the domain starts).
+        run.say(f"{run.operation}: the spec asks for a {model} watchdog (action {action}) "
+                "that the running domain lacks; devices cannot change under a running "
+                "guest, so it takes effect at the next cold boot (shut down, then start)")
     if result.xml is not None:
         _write(run.stdout, result.xml)
     return EXIT_OK
-
-
-def _record_pending_watchdog(run: Invocation, uuid: str, model: str, action: str) -> None:
-    import json
-
-    message = (f"the spec asks for a {model} watchdog (action {action}) that the running "
-               "domain lacks; devices cannot change under a running guest, so it takes "
-               "effect at the next cold boot (shut down, then start)")
-    run.say(f"{run.operation}: {message}")
-    note = {"uuid": uuid, "operation": run.operation, "model": model, "action": action,
-            "message": message}
-    spool.write_atomic(run.spool_dir, uuid, spool.PENDING_WATCHDOG_SUFFIX,
-                       json.dumps(note, sort_keys=True).encode("utf-8") + b"\n")
 
 
 def _uuid_or_none(facts: DomainFacts) -> str | None:

@@ -1,11 +1,9 @@
 """The hand-off directory between the hook and the daemon.
 
     /run/vmhealth/domains/            mode 0700, owned by the hook's user (root)
-        <uuid>.xml                    live domain XML, from started/reconnect to stopped
-        <uuid>.watchdog-pending.json  a watchdog the spec wants but the running domain
-                                      lacks (after migrate/restore); gone at stop
-        <uuid>.validated              the hook's own cache of the last spec prepare
-                                      accepted (never read by the daemon)
+        <uuid>.xml          live domain XML, from started/reconnect to stopped
+        <uuid>.validated    the hook's own cache of the last spec prepare accepted
+                            (never read by the daemon)
 
 Every file appears atomically (a temporary file in the same directory, then rename),
 so a reader watching with inotify (IN_MOVED_TO, IN_DELETE) never sees half a file.
@@ -21,16 +19,19 @@ from __future__ import annotations
 # The hook runs on Linux only, and needs only these few calls.
 import posix
 
+# The one home of the hand-off directory: the hook writes it and the daemon watches it
+# (vmhealth.monitor.config's spool_dir is spool_dir() below; it is no config key,
+# because the hook cannot read the daemon's configuration file).
 DEFAULT_SPOOL_DIR = "/run/vmhealth/domains"
-# For tests and benchmarks only: libvirt clears the environment of hooks, so in
-# production this is never set and DEFAULT_SPOOL_DIR is used.
+# Set for both in sandboxes, tests and benchmarks. libvirt starts hooks with an
+# environment of its own making, so on a host it is never set and both use
+# DEFAULT_SPOOL_DIR.
 SPOOL_DIR_ENV = "VMHEALTH_SPOOL_DIR"
 
 XML_SUFFIX = ".xml"
-PENDING_WATCHDOG_SUFFIX = ".watchdog-pending.json"
 VALIDATED_SUFFIX = ".validated"
 # What a stop removes: everything that describes the running instance.
-RUNTIME_SUFFIXES = (XML_SUFFIX, PENDING_WATCHDOG_SUFFIX)
+RUNTIME_SUFFIXES = (XML_SUFFIX,)
 
 
 class SpoolError(OSError):

@@ -7,6 +7,15 @@ is an error too, because a typo silently ignored is a setting silently lost.
 
 The [defaults] section holds host-wide defaults for health specs: they fill in fields
 a stored spec leaves out (specs written by other tools, or by hand).
+
+The libvirt URI, as for every vmhealth command: `[daemon] libvirt_uri` when the file
+sets it, else $LIBVIRT_DEFAULT_URI in the daemon's environment, else
+vmhealth.connection.DEFAULT_URI (qemu:///system).
+
+The hook's spool directory is not a key: the hook cannot read this file (libvirt
+waits for it on every start), so a key could only make the two disagree. Both use
+vmhealth.hook.spool.spool_dir(): /run/vmhealth/domains, or $VMHEALTH_SPOOL_DIR
+where a sandbox sets it for both (libvirt gives hooks no environment of its own).
 """
 
 from __future__ import annotations
@@ -17,8 +26,11 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
+from vmhealth.connection import default_uri
+from vmhealth.hook import spool
 from vmhealth.spec_rules import LIVENESS_ACTIONS, PROBE_KINDS
 
+# The one home of the path: `vmhealth daemon --config` defaults to it.
 DEFAULT_PATH = "/etc/vmhealth/vmhealth.conf"
 
 
@@ -28,8 +40,9 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DaemonConfig:
-    libvirt_uri: str = "qemu:///system"
-    spool_dir: str = "/run/vmhealth/domains"
+    # Read when the configuration is made (load_config, parse_config): see above.
+    libvirt_uri: str = field(default_factory=default_uri)
+    spool_dir: str = field(default_factory=spool.spool_dir)
     socket_path: str = "/run/vmhealth/api.sock"
     socket_group: str = ""  # empty: the daemon's own group (root)
     # Who may run probes on demand (POST /probe) besides root: empty, root only.
@@ -160,7 +173,6 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
 DAEMON_KEYS: dict[str, dict[str, tuple[str, Callable[[str, str], Any]]]] = {
     "daemon": {
         "libvirt_uri": ("libvirt_uri", _text),
-        "spool_dir": ("spool_dir", _absolute_path),
         "agent_threads": ("agent_threads", _positive_int),
         "control_threads": ("control_threads", _positive_int),
         "address_refresh_seconds": ("address_refresh_seconds", _positive_number),
@@ -182,6 +194,13 @@ DAEMON_KEYS: dict[str, dict[str, tuple[str, Callable[[str, str], Any]]]] = {
         "max_seconds": ("backoff_max_seconds", _positive_number),
         "reset_after_seconds": ("backoff_reset_seconds", _positive_number),
     },
+}
+
+# Keys of earlier versions, refused with the reason (rather than as unknown keys).
+REMOVED_KEYS = {
+    ("daemon", "spool_dir"): "no longer a key: the hook cannot read this file, so the "
+                             "daemon and the hook both use /run/vmhealth/domains; remove "
+                             "the line",
 }
 
 # [defaults] keys: spec field -> converter. Probe timing applies to every probe kind.
@@ -216,6 +235,9 @@ def parse_config(text: str, source: str = DEFAULT_PATH) -> DaemonConfig:
             allowed = ", ".join([*DAEMON_KEYS, "defaults"])
             raise ConfigError(f"{source}: unknown section [{section}]; allowed: {allowed}")
         for key, raw in parser[section].items():
+            if (section, key) in REMOVED_KEYS:
+                raise ConfigError(f"{source}: [{section}] {key}: "
+                                  f"{REMOVED_KEYS[section, key]}")
             if key not in keys:
                 raise ConfigError(f"{source}: [{section}] {key}: unknown key; allowed: "
                                   f"{', '.join(keys)}")
