@@ -27,7 +27,7 @@ with the range of its CPU figures):
 - python: the real handlers and state machine, every probe in Python (the daemon
   with `native_lane = no`);
 - probes: the daemon as it ships (`native_lane = yes`): the same, with settled probes
-  repeated by the native lane (vmhealth._fastlane) and their successes folded in
+  repeated by the native lane (vmhealth_fastlane) and their successes folded in
   at the end of the window, as a /metrics scrape would.
 
 Lateness = how long after its scheduled tick a probe started. Targets (issue 4):
@@ -241,7 +241,7 @@ async def run_phase(phase: str, ports: list[int], domains: int, warmup: float,
     starters = noop_starters if phase == "baseline" else starter_for
     lanes = NativeLanes.start() if phase == "probes" else None
     if phase == "probes" and lanes is None:
-        raise SystemExit("vmhealth._fastlane is not built (pip install -e . with llhttp)")
+        raise SystemExit("vmhealth_fastlane is not installed (pip install ./src/native)")
     events, metrics, pools = EventLog(), Metrics(), GuestPools()
     # One grid for all, as in the daemon.
     probers, clock = [], LatenessClock(LoopClock(CoarseTimers(grain)), tally)

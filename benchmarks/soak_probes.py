@@ -53,7 +53,7 @@ from vmhealth.monitor.probes import starter_for  # noqa: E402
 async def soak(ports: list[int], domains: int, minutes: int, native: bool) -> list[dict]:
     lanes = NativeLanes.start() if native else None
     if native and lanes is None:
-        raise SystemExit("vmhealth._fastlane is not built (pip install -e . with llhttp)")
+        raise SystemExit("vmhealth_fastlane is not installed (pip install ./src/native)")
     tally = Tally()
     tally.measuring = True  # count every outcome
     events, metrics, pools = EventLog(), Metrics(), GuestPools()

@@ -7,6 +7,7 @@ have run everything. Elsewhere (a developer without the packages) it is a skip.
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -20,3 +21,11 @@ def missing(reason: str) -> None:
     if in_ci():
         pytest.fail(reason, pytrace=False)
     pytest.skip(reason)
+
+
+def require_tool(name: str) -> str:
+    """The tool's path; in CI a missing tool fails the test, elsewhere skips it."""
+    path = shutil.which(name)
+    if path is None:
+        missing(f"{name} is not installed (Debian: see scripts/debian-packages.txt)")
+    return path

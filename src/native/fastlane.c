@@ -1,5 +1,9 @@
 /*
- * vmhealth._fastlane: repeats settled network probes off the Python interpreter.
+ * vmhealth_fastlane: repeats settled network probes off the Python interpreter.
+ *
+ * An optional part of vmhealth, built and packaged on its own (src/native/setup.py,
+ * python3-vmhealth-fastlane): vmhealth.monitor.native_lane uses it when it is
+ * installed and of the same version, else every probe runs in Python.
  *
  * Why: at 2,000 probes a second (1,000 domains, an HTTP and a TCP probe each at
  * periodSeconds 1) the Python engine's own bookkeeping (schedule, run objects,
@@ -75,6 +79,12 @@
 #include <unistd.h>
 
 #include "llhttp.h"
+
+/* vmhealth's version this engine was built for (src/native/setup.py defines it from
+   src/vmhealth/__init__.py); native_lane.py uses no engine of another version. */
+#ifndef VMHEALTH_VERSION
+#error "VMHEALTH_VERSION is not defined: build with src/native/setup.py"
+#endif
 
 #define BODY_CAP_BYTES (10 * 1024)     /* kubelet reads at most 10 KiB of a body */
 /* The Python handler's limits (probes/http.py MAX_HEAD_BYTES, MAX_AFTER_HEAD_BYTES): an
@@ -1364,7 +1374,7 @@ static PySequenceMethods engine_as_sequence = {
 
 static PyTypeObject EngineType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "vmhealth._fastlane.Engine",
+    .tp_name = "vmhealth_fastlane.Engine",
     .tp_basicsize = sizeof(Engine),
     .tp_flags = Py_TPFLAGS_DEFAULT,
     .tp_doc = "Engine(duration_buckets): repeats settled network probes in a thread of its own.",
@@ -1376,11 +1386,11 @@ static PyTypeObject EngineType = {
 };
 
 static struct PyModuleDef fastlane_module = {
-    PyModuleDef_HEAD_INIT, "vmhealth._fastlane",
+    PyModuleDef_HEAD_INIT, "vmhealth_fastlane",
     "Native repetition of settled network probes (see src/native/fastlane.c).", -1, NULL,
 };
 
-PyMODINIT_FUNC PyInit__fastlane(void) {
+PyMODINIT_FUNC PyInit_vmhealth_fastlane(void) {
     if (PyType_Ready(&EngineType) < 0)
         return NULL;
     PyObject *module = PyModule_Create(&fastlane_module);
@@ -1388,6 +1398,7 @@ PyMODINIT_FUNC PyInit__fastlane(void) {
         return NULL;
     Py_INCREF(&EngineType);
     if (PyModule_AddObject(module, "Engine", (PyObject *)&EngineType) < 0
+            || PyModule_AddStringConstant(module, "__version__", VMHEALTH_VERSION) < 0
             || PyModule_AddIntConstant(module, "DIFFERENT", REASON_DIFFERENT) < 0
             || PyModule_AddIntConstant(module, "TIMEOUT", REASON_TIMEOUT) < 0
             || PyModule_AddIntConstant(module, "STALE", REASON_STALE) < 0

@@ -29,9 +29,10 @@ from vmhealth.cli_daemon import (
 )
 from vmhealth.cli_guest import cloudinit, guest
 from vmhealth.cli_hook import hook
-from vmhealth.connection import (
+from vmhealth.connection import (  # libvirt: None where vmhealth runs on a guest
     LibvirtError,
     define,
+    libvirt,
     persistent_xml,
 )
 from vmhealth.domainxml import (

@@ -5,12 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import click
-import libvirt
 
 from vmhealth import seediso
 from vmhealth.cli_context import Context, Failure, UsageFailure, connect_option, pass_context
 from vmhealth.cloudinit_render import UserDataError, render
-from vmhealth.connection import LibvirtError, persistent_xml
+from vmhealth.connection import LibvirtError, libvirt, persistent_xml  # libvirt: None on guests
 from vmhealth.domainxml import read_spec
 from vmhealth.guest.distro import RENDER_TARGETS, DistroError, detect
 from vmhealth.guest.plan import agent_only_spec, build_plan

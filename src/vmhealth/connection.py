@@ -4,13 +4,24 @@ from __future__ import annotations
 
 import os
 
-import libvirt
+try:
+    import libvirt
+except ImportError:  # a guest's install: vmhealth without its host part
+    libvirt = None  # type: ignore[assignment]
 
 DEFAULT_URI = "qemu:///system"
 
 
 class LibvirtError(Exception):
     """A libvirt failure, phrased for the operator."""
+
+
+def require_libvirt() -> None:
+    """Raise LibvirtError when libvirt-python is missing (vmhealth installed for a
+    guest: the guest commands need none of the host's dependencies)."""
+    if libvirt is None:
+        raise LibvirtError("libvirt-python is not installed: this command runs on the "
+                           "host (RPM: vmhealth; pip: pip install 'vmhealth[host]')")
 
 
 def _quiet_libvirt() -> None:
@@ -24,6 +35,7 @@ def default_uri() -> str:
 
 
 def open_connection(uri: str | None = None) -> libvirt.virConnect:
+    require_libvirt()
     _quiet_libvirt()
     uri = uri or default_uri()
     try:

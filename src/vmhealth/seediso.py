@@ -12,14 +12,16 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import libvirt
-import pycdlib
 import yaml
 from lxml import etree
 
 from vmhealth.connection import define, persistent_xml
 from vmhealth.xmlsafe import parse_xml, to_string
+
+if TYPE_CHECKING:
+    import libvirt
 
 VOLUME_LABEL = "cidata"
 # ISO9660 level-3 names (d-characters only) for readers without Rock Ridge or Joliet.
@@ -40,6 +42,8 @@ def build_iso(files: dict[str, str]) -> bytes:
     if unknown or "user-data" not in files or "meta-data" not in files:
         raise ValueError(f"a NoCloud seed holds user-data, meta-data and optionally "
                          f"network-config; got {sorted(files)}")
+    import pycdlib  # a host-only dependency: `vmhealth guest` runs without it
+
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_LABEL)
     try:
@@ -56,6 +60,8 @@ def build_iso(files: dict[str, str]) -> bytes:
 
 def read_iso(path: str | Path) -> tuple[str, dict[str, str]]:
     """(volume label, {Rock Ridge name: text}) of a seed ISO, to check what was written."""
+    import pycdlib
+
     iso = pycdlib.PyCdlib()
     iso.open(str(path))
     try:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from test_guest_support import KUBEVIRT, REPO, require_tool
-from tests.ci import in_ci
+from tests.ci import in_ci, require_tool
+from tests.unit.guest_support import KUBEVIRT, REPO
 
 from vmhealth.cli import main
 from vmhealth.cloudinit_render import EDITS_SCRIPT, UserDataError, parse_user_data, render

@@ -8,7 +8,8 @@ import libvirt
 import pytest
 import yaml
 from click.testing import CliRunner
-from test_guest_support import REPO, require_tool
+from tests.ci import require_tool
+from tests.unit.guest_support import REPO
 
 from vmhealth import seediso
 from vmhealth.cli import Context, main

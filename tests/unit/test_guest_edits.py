@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_guest_support import ROOTS
+from tests.unit.guest_support import ROOTS
 
 from vmhealth.guest import edits
 

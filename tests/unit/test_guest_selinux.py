@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import subprocess
 
-from test_guest_support import REPO, require_tool
+from tests.ci import require_tool
+from tests.unit.guest_support import REPO
 
 from vmhealth.guest.plan import POLICY_MODULE, PROBE_SCRIPT_TYPE
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from click.testing import CliRunner
-from test_guest_support import ROOTS, copy_root
+from tests.unit.guest_support import ROOTS, copy_root
 
 from vmhealth.cli import main
 from vmhealth.guest import distro, plan, setup

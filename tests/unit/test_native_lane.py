@@ -19,7 +19,7 @@ import pytest
 from vmhealth.monitor import native_lane
 from vmhealth.monitor.metrics import DURATION_BUCKETS
 
-fastlane = pytest.importorskip("vmhealth._fastlane", reason="built without llhttp")
+fastlane = pytest.importorskip("vmhealth_fastlane", reason="no native lane")
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"

@@ -1,4 +1,4 @@
-"""The asyncio side of the native probe lane (vmhealth._fastlane, src/native/fastlane.c).
+"""The asyncio side of the native probe lane (vmhealth_fastlane, src/native/fastlane.c).
 
 A settled network probe - healthy, its success threshold met, its last answer a plain
 success from the first address tried - is repeated by the native engine in a thread
@@ -14,8 +14,11 @@ between the two:
 - `fold_all()` / `fold()` deliver the silent successes of running lanes (status and
   /metrics call it before they answer), `recall()` stops a lane.
 
-When the extension is missing (vmhealth installed without llhttp) `NativeLanes.start()`
-returns None and every probe runs in Python, as before.
+The engine is an optional part, the module `vmhealth_fastlane` (src/native, packaged
+as python3-vmhealth-fastlane; docs/packaging.md): when it is not installed, or is of
+another version than vmhealth, `NativeLanes.start()` returns None and the Python engine
+runs every probe, as the full fallback. `ENGINE` names which of the two this process
+has, for the daemon's start-up log and its status.
 """
 
 from __future__ import annotations
@@ -24,15 +27,35 @@ import asyncio
 import logging
 from typing import NamedTuple, Protocol
 
+from vmhealth import __version__
+from vmhealth.excerpt import excerpt
 from vmhealth.monitor.interfaces import Recipe
 from vmhealth.monitor.metrics import DURATION_BUCKETS
 
-try:
-    from vmhealth import _fastlane
-except ImportError:  # pragma: no cover - exercised where the extension was not built
-    _fastlane = None  # type: ignore[assignment]
-
 log = logging.getLogger(__name__)
+
+# The names the daemon reports for the engine that runs a probe (status, log).
+NATIVE = "native"
+PYTHON = "python"
+
+
+def _load_engine() -> tuple[object | None, str]:
+    """The native engine module, or None and why the Python engine runs everything."""
+    try:
+        import vmhealth_fastlane
+    except ImportError as exc:
+        return None, (f"the native probe lane is not installed ({excerpt(exc)}; "
+                      "python3-vmhealth-fastlane, or pip install ./src/native)")
+    found = getattr(vmhealth_fastlane, "__version__", "unknown")
+    if found != __version__:
+        return None, (f"the native probe lane is version {excerpt(found)}, vmhealth "
+                      f"{__version__}: install the lane of the same version")
+    return vmhealth_fastlane, ""
+
+
+_fastlane, UNAVAILABLE = _load_engine()
+# The engine the lanes use when the daemon's config allows them (native_lane = yes).
+ENGINE = PYTHON if _fastlane is None else NATIVE
 
 # Why the engine handed a tick back (src/native/fastlane.c, enum handback_reason).
 DIFFERENT = getattr(_fastlane, "DIFFERENT", 1)  # the answer was not the settled success
@@ -86,11 +109,10 @@ class NativeLanes:
 
     @classmethod
     def start(cls, loop: asyncio.AbstractEventLoop | None = None) -> NativeLanes | None:
-        """The lanes, or None when vmhealth was built without its native extension."""
+        """The lanes, or None when the native engine is not installed (see ENGINE)."""
         if _fastlane is None:
-            log.warning("vmhealth was installed without its native probe lane "
-                        "(vmhealth._fastlane; needs llhttp at build time): every probe "
-                        "runs in Python, which costs more CPU on large hosts")
+            log.warning("%s: every probe runs in Python, which costs more CPU on large "
+                        "hosts", UNAVAILABLE)
             return None
         return cls(loop or asyncio.get_running_loop(), _fastlane.Engine(DURATION_BUCKETS))
 

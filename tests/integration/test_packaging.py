@@ -1,9 +1,10 @@
 """RPM packaging and the Python distributions (docs/packaging.md).
 
 The RPMs are built once per session with packaging/rpm/build (on Debian with its
-macros.debian), the wheel and sdist once with `python -m build`; every test then
-inspects the results. Without rpmbuild, rpmlint or the `build` module the tests skip,
-except under CI=true, where a missing tool is a failure.
+macros.debian), the wheels and sdist once with `python -m build`; every test then
+inspects the results. Every package but the native probe lane's is noarch (pure
+Python). Without rpmbuild, rpmlint or the `build` module the tests skip, except under
+CI=true, where a missing tool is a failure.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from types import SimpleNamespace
 import pytest
 from click.testing import CliRunner
 from tests.ci import missing as missing_tool
+from tests.ci import require_tool
 
 import vmhealth
 from vmhealth.cli import main
@@ -30,12 +32,14 @@ from vmhealth.hook.launcher import render
 REPO = Path(__file__).resolve().parents[2]
 RPM_DIR = REPO / "packaging" / "rpm"
 SPEC = RPM_DIR / "vmhealth.spec"
+LANE_SPEC = RPM_DIR / "python-vmhealth-fastlane.spec"
 BUILD_SCRIPT = RPM_DIR / "build"
 PACKAGING_DOC = REPO / "docs" / "packaging.md"
 
-# The Fedora/RHEL package that provides each distribution named in install_requires
-# (normalized names). A new dependency fails test_spec_requires_match_install_requires
-# until it is added here and as a Requires: of python3-vmhealth in the spec.
+# The Fedora/RHEL package that provides each distribution named in install_requires or
+# the `host` extra (normalized names). A new dependency fails
+# test_spec_requires_match_setup_cfg until it is added here and as a Requires: of
+# python3-vmhealth (install_requires) or of the host package (`host`) in the spec.
 FEDORA_PACKAGES = {
     "libvirt-python": "python3-libvirt",
     "lxml": "python3-lxml",
@@ -62,11 +66,8 @@ TIMEOUT = 300  # seconds; a build takes about ten on this machine
 
 
 def require_tools(*tools: str) -> None:
-    missing = [tool for tool in tools if shutil.which(tool) is None]
-    if missing:
-        message = (f"{', '.join(missing)} not installed "
-                   "(scripts/install-deps installs them from scripts/debian-packages.txt)")
-        missing_tool(message)
+    for tool in tools:
+        require_tool(tool)
 
 
 def run(argv, **kwargs) -> subprocess.CompletedProcess:
@@ -84,11 +85,20 @@ def normalized(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def install_requires() -> set[str]:
+def _requirements(section: str, key: str) -> set[str]:
     config = configparser.ConfigParser()
     config.read(REPO / "setup.cfg")
-    lines = config["options"]["install_requires"].strip().splitlines()
-    return {normalized(re.match(r"[A-Za-z0-9_.-]+", line.strip()).group(0)) for line in lines}
+    lines = [line.strip() for line in config[section][key].strip().splitlines()]
+    return {normalized(re.match(r"[A-Za-z0-9_.-]+", line).group(0))
+            for line in lines if line and not line.startswith("#")}
+
+
+def install_requires() -> set[str]:
+    return _requirements("options", "install_requires")
+
+
+def host_requires() -> set[str]:
+    return _requirements("options.extras_require", "host")
 
 
 def spec_requires(package: str) -> set[str]:
@@ -125,12 +135,21 @@ def test_spec_version_is_the_package_version():
     assert spec_field("Version") == vmhealth.__version__
 
 
-def test_spec_requires_match_install_requires():
-    unknown = install_requires() - FEDORA_PACKAGES.keys()
-    assert not unknown, (f"setup.cfg install_requires gained {sorted(unknown)}: add its Fedora "
-                         "package to FEDORA_PACKAGES here and Requires: to python3-vmhealth")
-    expected = {FEDORA_PACKAGES[name] for name in install_requires()}
-    assert spec_requires("python3-vmhealth") == expected
+def test_spec_requires_match_setup_cfg():
+    unknown = (install_requires() | host_requires()) - FEDORA_PACKAGES.keys()
+    assert not unknown, (f"setup.cfg gained {sorted(unknown)}: add its Fedora package to "
+                         "FEDORA_PACKAGES here and Requires: to the spec")
+    assert spec_requires("python3-vmhealth") == {FEDORA_PACKAGES[name]
+                                                 for name in install_requires()}
+    host = spec_requires("vmhealth")
+    assert {FEDORA_PACKAGES[name] for name in host_requires()} <= host
+    assert not host & {FEDORA_PACKAGES[name] for name in install_requires()}, \
+        "a requirement of python3-vmhealth is repeated by the host package"
+
+
+def test_lane_spec_is_of_the_package_version():
+    match = re.search(r"^Version:\s*(\S+)$", LANE_SPEC.read_text(), re.MULTILINE)
+    assert match and match.group(1) == vmhealth.__version__
 
 
 def test_bash_completion_script_is_what_click_emits():
@@ -147,6 +166,7 @@ def bare_checkout(tmp_path):
     """A git repository holding the packaging and the version, nothing it installs."""
     require_tools("git", "rpmbuild")
     for relative in ("packaging/rpm/build", "packaging/rpm/vmhealth.spec",
+                     "packaging/rpm/python-vmhealth-fastlane.spec",
                      "src/vmhealth/__init__.py"):
         (tmp_path / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / relative, tmp_path / relative)
@@ -185,16 +205,19 @@ def rpms(tmp_path_factory):
     require_tools("rpmbuild", "rpmlint", "rpm2cpio", "cpio", "git")
     out = tmp_path_factory.mktemp("rpms")
     built = checked([BUILD_SCRIPT, "--worktree", "--outdir", out]).split()
-    srpms = [path for path in built if path.endswith(".src.rpm")]
+    srpms = [path for path in built
+             if Path(path).name.startswith("vmhealth-") and path.endswith(".src.rpm")]
     assert len(srpms) == 1, built
     version = query(Path(srpms[0]), "--qf", "%{VERSION}-%{RELEASE}")
     assert version.startswith(f"{vmhealth.__version__}-")
-    # python3-vmhealth has a C extension (the native probe lane); the host package
-    # follows its architecture, the guest package stays noarch (docs/packaging.md).
+    # Everything noarch but the native probe lane, the one compiled part
+    # (docs/packaging.md).
     arch = checked(["rpm", "--eval", "%{_arch}"]).strip()
-    names = {"srpm": f"vmhealth-{version}.src.rpm", "host": f"vmhealth-{version}.{arch}.rpm",
-             "python": f"python3-vmhealth-{version}.{arch}.rpm",
-             "guest": f"vmhealth-guest-{version}.noarch.rpm"}
+    names = {"srpm": f"vmhealth-{version}.src.rpm", "host": f"vmhealth-{version}.noarch.rpm",
+             "python": f"python3-vmhealth-{version}.noarch.rpm",
+             "guest": f"vmhealth-guest-{version}.noarch.rpm",
+             "lane_srpm": f"python-vmhealth-fastlane-{version}.src.rpm",
+             "lane": f"python3-vmhealth-fastlane-{version}.{arch}.rpm"}
     return SimpleNamespace(built=sorted(Path(path).name for path in built), version=version,
                            out=out, **{key: out / name for key, name in names.items()})
 
@@ -217,16 +240,29 @@ def sitelib(files: list[str]) -> str:
     return inits[0][:-len("/vmhealth/__init__.py")]
 
 
-def test_build_makes_the_srpm_and_three_rpms(rpms):
+def test_build_makes_two_srpms_three_noarch_rpms_and_the_lane(rpms):
     assert rpms.built == sorted(path.name for path in (rpms.srpm, rpms.host, rpms.python,
-                                                       rpms.guest))
+                                                       rpms.guest, rpms.lane_srpm, rpms.lane))
+
+
+def test_only_the_lane_carries_compiled_code(rpms):
+    for rpm in (rpms.host, rpms.python, rpms.guest):
+        assert query(rpm, "--qf", "%{ARCH}") == "noarch", rpm.name
+        assert not [path for path in query(rpm, "-l").splitlines()
+                    if path.endswith(".so") or "/.build-id/" in path], rpm.name
+    assert query(rpms.lane, "--qf", "%{ARCH}") != "noarch"
 
 
 def test_rpmlint_reports_no_errors_and_every_warning_is_documented(rpms):
-    result = run(["rpmlint", "-c", RPM_DIR / "rpmlint.toml", rpms.srpm, rpms.host,
-                  rpms.python, rpms.guest, SPEC])
-    assert " 0 errors," in result.stdout and result.returncode == 0, result.stdout
-    warnings = set(re.findall(r": W: (\S+)", result.stdout))
+    # One run per spec: rpmlint 2.4 reports "multiple-specfiles" when it is given the
+    # source RPMs of two specs in one run.
+    output = ""
+    for group in ([rpms.srpm, rpms.host, rpms.python, rpms.guest, SPEC],
+                  [rpms.lane_srpm, rpms.lane, LANE_SPEC]):
+        result = run(["rpmlint", "-c", RPM_DIR / "rpmlint.toml", *group])
+        assert " 0 errors," in result.stdout and result.returncode == 0, result.stdout
+        output += result.stdout
+    warnings = set(re.findall(r": W: (\S+)", output))
     documented = PACKAGING_DOC.read_text()
     undocumented = sorted(w for w in warnings if f"`{w}`" not in documented)
     assert not undocumented, f"document these rpmlint warnings in docs/packaging.md: {undocumented}"
@@ -247,21 +283,33 @@ def test_host_rpm_brings_the_python_package_of_the_same_build(rpms):
     requires = query(rpms.host, "--requires").splitlines()
     assert f"python3-vmhealth = {rpms.version}" in requires
     assert "libvirt-daemon-driver-qemu" in requires
+    expected = {FEDORA_PACKAGES[name] for name in host_requires()}
+    assert expected <= set(requires), sorted(expected - set(requires))
+    assert f"python3-vmhealth-fastlane = {rpms.version}" in \
+        query(rpms.host, "--recommends").splitlines()
     files = query(rpms.python, "-l").splitlines()
     lib = sitelib(files)
     for module in ("vmhealth/cli.py", "vmhealth/hook/main.py", "vmhealth/monitor/daemon.py",
-                   "vmhealth/guest/setup.py"):
+                   "vmhealth/guest/setup.py", "vmhealth/monitor/native_lane.py"):
         assert f"{lib}/{module}" in files
-    assert any(path.startswith(f"{lib}/vmhealth/_fastlane.") and path.endswith(".so")
-               for path in files), "the native probe lane is missing from python3-vmhealth"
     assert "/usr/bin/vmhealth" in files
     assert "/usr/share/bash-completion/completions/vmhealth" in files
 
 
-def test_python_rpm_requires_the_runtime_dependencies(rpms):
+def test_python_rpm_requires_what_a_guest_needs_and_no_more(rpms):
     requires = set(query(rpms.python, "--requires").splitlines())
     expected = {FEDORA_PACKAGES[name] for name in install_requires()}
     assert expected <= requires, sorted(expected - requires)
+    host_only = {FEDORA_PACKAGES[name] for name in host_requires()}
+    assert not requires & host_only, sorted(requires & host_only)
+
+
+def test_lane_rpm_holds_the_extension_for_the_same_build(rpms):
+    files = query(rpms.lane, "-l").splitlines()
+    modules = [path for path in files if re.search(r"/vmhealth_fastlane\.[^/]*\.so$", path)]
+    assert len(modules) == 1, files
+    assert not [path for path in files if "/vmhealth/" in path], "vmhealth's own files"
+    assert f"python3-vmhealth = {rpms.version}" in query(rpms.lane, "--requires").splitlines()
 
 
 def test_host_scriptlets_reload_libvirt_and_cannot_fail(rpms):
@@ -322,13 +370,14 @@ def dists(tmp_path_factory):
         (source / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(REPO / relative, source / relative, follow_symlinks=False)
     checked([sys.executable, "-m", "build", "--outdir", top / "dist", source])
+    # The native lane: a wheel of its own, from the same tree.
+    checked([sys.executable, "-m", "build", "--wheel", "--outdir", top / "lane",
+             source / "src" / "native"])
     version = vmhealth.__version__
-    # A platform wheel (vmhealth-VERSION-cp3X-cp3X-linux_ARCH.whl): it carries the
-    # native probe lane, a C extension.
-    wheels = sorted((top / "dist").glob(f"vmhealth-{version}-cp*.whl"))
-    assert len(wheels) == 1, sorted(path.name for path in (top / "dist").iterdir())
-    return SimpleNamespace(top=top, wheel=wheels[0],
-                           sdist=top / "dist" / f"vmhealth-{version}.tar.gz")
+    lanes = sorted((top / "lane").glob(f"vmhealth_fastlane-{version}-cp*.whl"))
+    assert len(lanes) == 1, sorted(path.name for path in (top / "lane").iterdir())
+    return SimpleNamespace(top=top, wheel=top / "dist" / f"vmhealth-{version}-py3-none-any.whl",
+                           lane=lanes[0], sdist=top / "dist" / f"vmhealth-{version}.tar.gz")
 
 
 @pytest.fixture(scope="session")
@@ -339,7 +388,7 @@ def fresh_venv(dists):
     checked([Path(sys.base_prefix) / "bin" / "python3", "-m", "venv", "--system-site-packages",
              venv])
     checked([venv / "bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check",
-             dists.wheel])
+             f"{dists.wheel}[host]", dists.lane])
     return venv
 
 
@@ -351,8 +400,10 @@ def test_wheel_holds_every_package_file(dists):
         names = set(wheel.namelist())
         entry_points = wheel.read(f"vmhealth-{vmhealth.__version__}.dist-info/entry_points.txt")
     assert expected <= names, sorted(expected - names)
-    assert any(name.startswith("vmhealth/_fastlane.") and name.endswith(".so")
-               for name in names), "the native probe lane is missing from the wheel"
+    assert not [name for name in names if name.endswith(".so")], "a pure wheel has no .so"
+    with zipfile.ZipFile(dists.lane) as lane:
+        assert [name for name in lane.namelist() if name.endswith(".so")] == [
+            name for name in lane.namelist() if name.startswith("vmhealth_fastlane.")]
     assert "vmhealth = vmhealth.cli:main" in entry_points.decode()
 
 
@@ -361,8 +412,7 @@ def test_sdist_builds_the_same_package(dists):
     with tarfile.open(dists.sdist) as sdist:
         names = set(sdist.getnames())
     for relative in ("LICENSE", "README.md", "setup.cfg", "setup.py", "pyproject.toml",
-                     "src/vmhealth/cli.py", "src/vmhealth/hook/launcher.py",
-                     "src/native/fastlane.c", "src/native/system_llhttp_llhttp.c"):
+                     "src/vmhealth/cli.py", "src/vmhealth/hook/launcher.py"):
         assert f"{prefix}/{relative}" in names
 
 
@@ -371,11 +421,14 @@ def test_installed_wheel_runs_the_cli(fresh_venv):
     assert "Commands:" in help_text and "apply" in help_text
     hook_help = checked([fresh_venv / "bin/vmhealth", "hook", "install", "--help"])
     assert "Usage: vmhealth hook install" in hook_help
+    engine = checked([fresh_venv / "bin/python", "-c",
+                      "from vmhealth.monitor import native_lane; print(native_lane.ENGINE)"])
+    assert engine.strip() == "native"
 
 
 @pytest.mark.parametrize("tag", ["PREIN", "POSTIN", "PREUN", "POSTUN", "POSTTRANS"])
 def test_every_scriptlet_is_valid_shell(rpms, tag):
-    for rpm in (rpms.host, rpms.guest):
+    for rpm in (rpms.host, rpms.guest, rpms.lane):
         body = query(rpm, "--qf", f"%{{{tag}}}")
         if body != "(none)":
             result = run(["sh", "-n"], input=body)

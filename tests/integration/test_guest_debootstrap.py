@@ -13,7 +13,8 @@ import subprocess
 
 import pytest
 from click.testing import CliRunner
-from test_guest_support import REPO, require_tool
+from tests.ci import require_tool
+from tests.unit.guest_support import REPO
 
 from vmhealth.cli import main
 
