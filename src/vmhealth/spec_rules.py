@@ -122,9 +122,14 @@ UNSUPPORTED_HANDLERS = {
 }
 
 
-# HTTP header names are RFC 7230 tokens: what goes on the wire unchanged. The probe
-# handler (monitor/probes/http.py) asks the same functions, so a name `apply` accepts
-# is one the daemon sends.
+# HTTP header names are RFC 7230 tokens (tchar): what goes on the wire unchanged, and
+# what kubelet's HTTP client accepts (Go net/http refuses any other name,
+# golang.org/x/net/http/httpguts ValidHeaderFieldName). The Kubernetes API is stricter
+# for a pod's probes (letters, digits and '-': kubernetes/kubernetes
+# staging/src/k8s.io/apimachinery/pkg/util/validation/validation.go IsHTTPHeaderName),
+# so every name a Kubernetes manifest can carry passes here too. The probe handler
+# (monitor/probes/http.py) asks the same functions, so a name `apply` accepts is one
+# the daemon sends.
 HEADER_NAME_PUNCTUATION = "!#$%&'*+-.^_`|~"
 _TOKEN_CHARS = frozenset(HEADER_NAME_PUNCTUATION + "0123456789abcdefghijklmnopqrstuvwxyz"
                          "ABCDEFGHIJKLMNOPQRSTUVWXYZ")

@@ -4,6 +4,8 @@ spec check) and by the HTTP probe handler (the request it sends)."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from vmhealth import spec_rules
 from vmhealth.monitor.probes import http
@@ -45,3 +47,21 @@ def test_values_that_would_end_the_header_line_are_refused(value):
 
 def test_an_empty_name_is_no_header():
     assert not spec_rules.is_http_header_name("")
+
+
+@given(st.from_regex(r"\A[-A-Za-z0-9]+\Z"))
+def test_every_name_the_kubernetes_api_accepts_passes(name):
+    # apimachinery's IsHTTPHeaderName: letters, digits and '-', a subset of the tokens.
+    assert spec_rules.is_http_header_name(name)
+
+
+@given(st.text(min_size=1, max_size=12))
+def test_the_handler_sends_exactly_the_names_apply_accepts(name):
+    accepted = spec_rules.is_http_header_name(name)
+    try:
+        http._build_request(HttpGet(port=80, http_headers=((name, "v"),)), "/", "h")
+    except ValueError:
+        sent = False
+    else:
+        sent = True
+    assert sent == accepted

@@ -47,6 +47,7 @@ from vmhealth.monitor.probes.common import (
     host_for_url,
 )
 from vmhealth.monitor.probes.dial import Sink, raise_if_host_exhausted, sockaddr
+from vmhealth.spec_rules import is_http_header_name, is_http_header_value
 
 USER_AGENT = f"vmhealth/{__version__}"
 MAX_REDIRECTS = 10  # kubelet (Go's http.Client): "stopped after 10 redirects"
@@ -297,9 +298,10 @@ def _build_request(handler: spec.HttpGet, target: str, default_host: str) -> byt
     host = _host_header_value(handler) or _without_zone(default_host)
     lines = [f"GET {target} HTTP/1.1", f"Host: {host}"]
     for index, (name, value) in enumerate(handler.http_headers):
-        if not spec.is_http_header_name(name):
+        # The rules `apply` checked the spec with (spec_rules): a stored spec passes.
+        if not is_http_header_name(name):
             raise ValueError(f"httpHeaders[{index}].name is not a valid HTTP header name")
-        if not spec.is_http_header_value(value):
+        if not is_http_header_value(value):
             raise ValueError(f"httpHeaders[{index}].value contains line breaks")
         if name.lower() not in once:
             lines.append(f"{name}: {value}")
