@@ -81,9 +81,7 @@ UNSUPPORTED_RUN_STRATEGIES = {
 }
 
 SPEC_FIELDS = (
-    "livenessProbe",
-    "readinessProbe",
-    "startupProbe",
+    *PROBE_KINDS,
     "watchdog",
     "terminationGracePeriodSeconds",
     "onLivenessFailure",
