@@ -1,6 +1,6 @@
 """The ways bench_agent_ping.py reaches qemu-ga, each as `round(count) -> failures`.
 
-- DaemonPath: the daemon's own objects and code, built as daemon.py builds them: one
+- DaemonPath: the daemon's own objects and code, built as the daemon builds them: one
   asyncio loop (libvirtaio registered on it), a connection opened in the control pool
   with the daemon's keepalive, LibvirtGuestAccess on the daemon's two thread pools of
   the configured sizes, and vmhealth.monitor.probes.run_probe on a guestAgentPing
@@ -25,9 +25,9 @@ import libvirt_qemu
 
 from vmhealth import spec
 from vmhealth.monitor.config import DaemonConfig
-from vmhealth.monitor.daemon import KEEPALIVE
 from vmhealth.monitor.interfaces import Outcome
 from vmhealth.monitor.libvirt_access import LibvirtGuestAccess
+from vmhealth.monitor.libvirt_connection import KEEPALIVE
 from vmhealth.monitor.probes import run_probe
 
 PING = json.dumps({"execute": "guest-ping"})
@@ -47,7 +47,7 @@ class DaemonPath:
 
     def __init__(self, uri: str) -> None:
         config = DaemonConfig(libvirt_uri=uri)
-        # Exactly daemon.Daemon.__init__'s pools.
+        # Exactly LibvirtConnection's pools (monitor/libvirt_connection.py).
         self.agent_pool = ThreadPoolExecutor(config.agent_threads, "vmhealth-agent")
         self.control_pool = ThreadPoolExecutor(config.control_threads, "vmhealth-libvirt")
         self.loop = asyncio.new_event_loop()

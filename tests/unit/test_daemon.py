@@ -230,16 +230,17 @@ def test_action_none_only_reports(tmp_path: Path):
 
 def test_watchdog_and_agent_events_are_recorded(world):
     web1 = dom(world, "web1")
-    world._on_watchdog(world.conn, web1, libvirt.VIR_DOMAIN_EVENT_WATCHDOG_POWEROFF, None)
-    world._on_agent(world.conn, web1,
-                    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED, 2, None)
+    handlers = world.lifecycle
+    handlers.on_watchdog(world.conn, web1, libvirt.VIR_DOMAIN_EVENT_WATCHDOG_POWEROFF, None)
+    handlers.on_agent(world.conn, web1,
+                      libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_DISCONNECTED, 2, None)
     events = world.events.recent("web1")
     assert (events[-2].type, events[-2].fields) == ("Watchdog", {"action": "poweroff"})
     assert events[-1].type == "AgentDisconnected"
     prober = world.monitors[web1.UUIDString()].prober
     assert prober.lanes_recalled == 0
-    world._on_agent(world.conn, web1,
-                    libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED, 1, None)
+    handlers.on_agent(world.conn, web1,
+                      libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED, 1, None)
     assert prober.lanes_recalled == 1  # the agent may report new addresses: probe them
     assert b'vmhealth_watchdog_events_total{action="poweroff",domain="web1"} 1.0' in \
         world.metrics.render()
@@ -259,7 +260,7 @@ def test_spec_removed_by_redefine_releases_the_domain(world):
 
 def test_spool_file_leads_to_adoption(world):
     async def scenario():
-        await world._drop(UUIDS["web1"], "test")
+        await world.registry.drop(UUIDS["web1"], "test")
         assert "web1" not in names(world)
         spool = Path(world.config.spool_dir)
         temporary = spool / ".tmp-web1"
@@ -307,8 +308,8 @@ def test_reconnect_keeps_monitors_of_the_same_run(world):
     async def scenario():
         monitor = world.find("web1")
         old_conn = world.conn
-        world._close_connection()
-        await world._connect()
+        world.connection.close_connection()
+        await world.connection.connect()
         assert world.conn is not old_conn
         # The test driver keeps no state across connections, so it is a fresh "host":
         # what matters is that reconcile ran against the new connection.
@@ -323,7 +324,7 @@ def test_a_close_noticed_by_a_pool_thread_reconnects_on_the_loop(world):
     async def scenario():
         old_conn = world.conn
         await asyncio.get_running_loop().run_in_executor(
-            world.agent_pool, world._on_close, old_conn, 1, None)
+            world.connection.agent_pool, world.connection.on_close, old_conn, 1, None)
         await settle(lambda: any(e.type == "LibvirtReconnected" for e in world.events.recent()))
         return old_conn
     old_conn = run(scenario())
@@ -358,6 +359,51 @@ def test_first_sigterm_finishes_a_restart_in_back_off(tmp_path: Path):
     assert len(actions) == 2
 
 
+def test_status_and_domain_status_agree_on_ready_during_a_liveness_action(tmp_path: Path):
+    """`vmhealth status` and `vmhealth status web1` read one rule: while a restart is
+    in flight (its first libvirt call held in the one control thread) both say not
+    ready, for the same reason, and both say ready again once it is done."""
+    driver = tmp_path / "driver.xml"
+    driver.write_text("<node>" + domain_xml("web1", LIVENESS) + "</node>")
+    config = DaemonConfig(libvirt_uri=f"test://{driver}", spool_dir=str(tmp_path / "spool"),
+                          control_threads=1, state_refresh_seconds=0.2)
+    daemon = Daemon(config, prober_factory=FakeProber)
+    before_refresh, after_refresh = threading.Event(), threading.Event()
+
+    def readiness() -> list[tuple[bool, str | None]]:
+        listed = daemon.status()["domains"]
+        one = daemon.domain_status("web1")
+        return [(entry["ready"], entry["notReadyReason"]) for entry in (*listed, one)]
+
+    async def scenario():
+        await daemon.start()
+        assert readiness() == [(True, None), (True, None)]
+        pool = daemon.connection.control_pool  # one thread: calls run in order
+        pool.submit(before_refresh.wait, 10)
+        daemon.find("web1").on_liveness_failed(failure())
+        await asyncio.sleep(0)  # one turn: the policy's task queues its state refresh
+        pool.submit(after_refresh.wait, 10)  # ... and the restart's first call after this
+        before_refresh.set()
+        await settle(lambda: bool(daemon.actions.pending))
+        during = readiness()
+        in_flight = daemon.status()["actionsInFlight"]
+        after_refresh.set()
+        await settle(lambda: any(e.type == "LivenessAction" for e in daemon.events.recent()))
+        await settle(lambda: "web1" in names(daemon))
+        after = readiness()
+        await daemon.shutdown()
+        return during, in_flight, after
+    try:
+        during, in_flight, after = run(scenario())
+    finally:
+        before_refresh.set()
+        after_refresh.set()
+    reason = "liveness action restart in progress (starting)"
+    assert during == [(False, reason), (False, reason)]
+    assert [p["action"] for p in in_flight.values()] == ["restart"]
+    assert after == [(True, None), (True, None)]
+
+
 def test_events_payload_is_json_serialisable(world):
     assert json.loads(json.dumps([e.to_dict() for e in world.events.recent()]))
 
@@ -372,7 +418,7 @@ def test_shutdown_waits_for_libvirt_calls_still_running_in_the_pools(world):
         ended.set()
 
     async def scenario():
-        world.agent_pool.submit(slow_agent_call)
+        world.connection.agent_pool.submit(slow_agent_call)
         await world.shutdown()
         return ended.is_set()
     assert run(scenario())
@@ -396,6 +442,6 @@ def test_series_of_a_deleted_domain_are_forgotten_but_not_of_a_stopped_one(world
     assert 'domain="web2"' in text
     assert 'domain="web1"' not in text
     defined = {d.UUIDString() for d in world.conn.listAllDomains(0)}
-    assert set(world._adopt_locks) <= defined
+    assert set(world.registry._adopt_locks) <= defined
     assert web1_uuid not in world.actions._backoffs
     assert len(world.actions._backoffs) == 1  # web2's: stopped, still defined

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_daemon import LIVENESS, FakeProber, domain_xml, run
 
-from vmhealth.monitor import daemon as daemon_module
+from vmhealth.monitor import registry as registry_module
 from vmhealth.monitor.config import DaemonConfig
 from vmhealth.monitor.daemon import Daemon
 
@@ -88,14 +88,14 @@ def test_a_wrong_type_with_host_defaults_is_invalid_not_a_crash(tmp_path, stop_a
 
 def test_reconcile_survives_any_one_domains_exception(tmp_path, stop_after, monkeypatch,
                                                        caplog):
-    real_domain_spec = daemon_module.domain_spec
+    real_domain_spec = registry_module.domain_spec
 
     def broken_for_web1(dom, defaults=None):
         if dom.name() == "web1":
             raise RuntimeError("something nobody foresaw")
         return real_domain_spec(dom, defaults)
 
-    monkeypatch.setattr(daemon_module, "domain_spec", broken_for_web1)
+    monkeypatch.setattr(registry_module, "domain_spec", broken_for_web1)
     with caplog.at_level(logging.ERROR, logger="vmhealth.daemon"):
         daemon = started_daemon(tmp_path, domain_xml("web1", LIVENESS),
                                 domain_xml("web2", READINESS))
@@ -107,5 +107,5 @@ def test_reconcile_survives_any_one_domains_exception(tmp_path, stop_after, monk
     assert fields["domain"] == "web1"
     assert fields["error"] == "RuntimeError: something nobody foresaw"
     # The next reconcile (a reconnect, say) goes through again, and still adopts web2.
-    run(daemon.reconcile())
+    run(daemon.registry.reconcile())
     assert {m.name for m in daemon.monitors.values()} == {"web2"}

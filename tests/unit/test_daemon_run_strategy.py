@@ -68,12 +68,12 @@ def of_type(daemon: Daemon, name: str, kind: str) -> list:
 
 
 def watchdog_fires(daemon: Daemon, name: str, action: int) -> None:
-    daemon._on_watchdog(daemon.conn, dom(daemon, name), action, None)
+    daemon.lifecycle.on_watchdog(daemon.conn, dom(daemon, name), action, None)
 
 
 def shutdown_begins(daemon: Daemon, name: str, detail: int) -> None:
-    daemon._on_lifecycle(daemon.conn, dom(daemon, name), libvirt.VIR_DOMAIN_EVENT_SHUTDOWN,
-                         detail, None)
+    daemon.lifecycle.on_lifecycle(daemon.conn, dom(daemon, name),
+                                  libvirt.VIR_DOMAIN_EVENT_SHUTDOWN, detail, None)
 
 
 def stops(daemon: Daemon, name: str, *, watchdog: bool = False,
@@ -171,8 +171,9 @@ def test_a_crash_of_a_domain_with_only_a_watchdog_is_started_again(world):
 
     async def scenario():
         # libvirt's word for a guest panic with <on_crash>destroy</on_crash>.
-        world._on_lifecycle(world.conn, dom(world, "dog"), libvirt.VIR_DOMAIN_EVENT_STOPPED,
-                            libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED, None)
+        world.lifecycle.on_lifecycle(world.conn, dom(world, "dog"),
+                                     libvirt.VIR_DOMAIN_EVENT_STOPPED,
+                                     libvirt.VIR_DOMAIN_EVENT_STOPPED_CRASHED, None)
         await started_again(world, "dog")
     run(scenario())
     assert of_type(world, "dog", "RunStrategyStart")[0].fields == {

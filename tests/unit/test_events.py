@@ -10,8 +10,8 @@ import libvirt
 
 from vmhealth.monitor import events as events_module
 from vmhealth.monitor import logfmt
-from vmhealth.monitor.daemon import Daemon
 from vmhealth.monitor.events import BURST, FIELD_LIMIT, MESSAGE_LIMIT, EventLog
+from vmhealth.monitor.lifecycle_events import LifecycleEvents
 from vmhealth.monitor.logfmt import KeyValueFormatter, log_fields
 
 HOSTILE = "\x1b]0;pwned\x07\x1b[2J\x1b[31m\r\n\x9b1m\x7f"
@@ -143,20 +143,23 @@ def test_buckets_of_quiet_domains_are_dropped():
     assert len(log._buckets) <= events_module.BUCKETS_KEPT
 
 
-def _agent_event(daemon, uuid: str, state: int) -> None:
+def _agent_event(handlers: LifecycleEvents, uuid: str, state: int) -> None:
     dom = SimpleNamespace(UUIDString=lambda: uuid, name=lambda: f"dom-{uuid}")
-    Daemon._on_agent(daemon, None, dom, state, 1, None)
+    handlers.on_agent(None, dom, state, 1, None)
 
 
 def test_agent_events_of_unmonitored_domains_are_not_recorded():
     recalled = []
     monitor = SimpleNamespace(access=SimpleNamespace(forget_addresses=lambda: None),
                               prober=SimpleNamespace(recall_lanes=lambda: recalled.append(1)))
-    daemon = SimpleNamespace(monitors={"u-1": monitor}, events=EventLog())
+    events = EventLog()
+    handlers = LifecycleEvents(SimpleNamespace(monitors={"u-1": monitor}), None,
+                               events=events, metrics=None, spec_defaults={},
+                               spawn=None, is_stopping=lambda: False)
     connected = libvirt.VIR_CONNECT_DOMAIN_EVENT_AGENT_LIFECYCLE_STATE_CONNECTED
     for _ in range(5):
-        _agent_event(daemon, "u-other", connected)
-    _agent_event(daemon, "u-1", connected)
-    assert [(e.domain, e.type) for e in daemon.events.recent()] == \
+        _agent_event(handlers, "u-other", connected)
+    _agent_event(handlers, "u-1", connected)
+    assert [(e.domain, e.type) for e in events.recent()] == \
         [("dom-u-1", "AgentConnected")]
     assert recalled == [1]

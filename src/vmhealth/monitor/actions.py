@@ -113,11 +113,18 @@ class ActionRunner:
         self._locks: dict[str, asyncio.Lock] = {}
         self.pending: dict[str, PendingAction] = {}  # domain uuid -> action in flight
         self._tasks: set[asyncio.Task[None]] = set()
-        # Set when the daemon stops: a back-off wait ends at once and the domain is
-        # started, because nobody would start it later.
-        self.stopping = asyncio.Event()
+        self._stopping: asyncio.Event | None = None
         # What ends each domain's run, for the run strategies; our own stops go in too.
         self.stop_clues = StopClues(clock)
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set when the daemon stops: a back-off wait ends at once and the domain is
+        started, because nobody would start it later. Made on first use, on the event
+        loop (Python 3.9 binds an Event to the loop current when it is made)."""
+        if self._stopping is None:
+            self._stopping = asyncio.Event()
+        return self._stopping
 
     def backoff(self, uuid: str) -> Backoff:
         if uuid not in self._backoffs:
