@@ -17,6 +17,7 @@ import io
 import json
 import re
 import shutil
+import ssl
 import subprocess
 import time
 import urllib.parse
@@ -222,6 +223,23 @@ def prometheus(workdir, tls, daemon):
     server = Prometheus(workdir, tls[0])
     yield server
     server.stop()
+
+
+def test_promtool_accepts_the_running_daemons_metrics_page(guests, tls):
+    context = ssl.create_default_context(cafile=str(tls[0]))
+    conn = http.client.HTTPSConnection("127.0.0.1", WEB_PORT, timeout=10, context=context)
+    token = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    try:
+        conn.request("GET", "/metrics", headers={"Authorization": f"Basic {token}"})
+        response = conn.getresponse()
+        page = response.read()
+    finally:
+        conn.close()
+    assert response.status == 200, page[:200]
+    assert all(f'domain="{name}"'.encode() in page for name in NAMES)
+    checked = subprocess.run([_tool("promtool"), "check", "metrics"], input=page,
+                             capture_output=True, timeout=60, check=False)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
 def test_prometheus_scrapes_the_listener_and_fires_the_not_ready_alert(guests, prometheus):
