@@ -10,12 +10,12 @@ The spec lives in one element in our own namespace under `<metadata>`::
           <vmhealth:action model="ib700" original="reset"/>
         </vmhealth:undo>
       </vmhealth:health>
+    </metadata>
 
 Every element is in our namespace: that is also the shape libvirt gives the live
 metadata after virDomainSetMetadata (it puts the whole subtree in the namespace), so
 the persistent definition and the live metadata read the same way. Readers also
 accept children in no namespace, for hand-written definitions.
-    </metadata>
 
 The spec is JSON inside the element: one exact, lossless encoding that the hook can
 decode with the standard library alone. `undo` records every change vmhealth made to

@@ -1,6 +1,6 @@
 """The monitor daemon against the real sandbox: libvirtd, TCG QEMU guests, qemu-ga.
 
-Mirrors KubeVirt's functional probe tests (probe-semantics.md). The daemon runs as a
+Mirrors KubeVirt's functional probe tests (docs/probe-semantics.md). The daemon runs as a
 subprocess of the test with its own config, socket and spool in a temporary directory;
 all guests boot together in one module fixture, then each test waits for what it needs.
 Probe periods are 1 s so the suite stays fast.

@@ -4,7 +4,7 @@ One `DomainProber` per monitored domain run; each configured probe kind is a `_W
 driven by clock callbacks, not a task: at 2,000 probes a second a task wake per probe
 costs more than the probe (docs/probes.md). A tick starts a run through the probe's
 starter (vmhealth.monitor.probes) and the run's result comes back as a callback.
-Semantics follow kubelet/KubeVirt (docs/probes.md) ("State machine"),
+Semantics follow kubelet/KubeVirt (docs/probe-semantics.md, "State machine"),
 which is kubelet's prober worker:
 
 - initial states: readiness not ready until its first success, liveness alive,
@@ -27,7 +27,7 @@ which is kubelet's prober worker:
 - first-probe jitter in [0, period) when the daemon itself just started, so probes do
   not fire in lock-step.
 
-Beyond kubelet (DESIGN.md, "Beyond KubeVirt"): a FAILURE is not counted while
+Beyond kubelet (docs/probe-semantics.md, "Beyond KubeVirt"): a FAILURE is not counted while
 access.suppression_reason() says why not (paused, migrating, saving, snapshotting,
 starting), for every probe kind.
 
@@ -78,7 +78,7 @@ log = logging.getLogger(__name__)
 MAX_ATTEMPTS = 3  # kubelet's maxProbeRetries: an erroring probe is tried 3 times per period
 STOP_TIMEOUT_SECONDS = 5.0
 
-# (healthy, reason) of each kind before its first counted result (probe-semantics.md).
+# (healthy, reason) of each kind before its first counted result (docs/probe-semantics.md).
 INITIAL_STATE: dict[ProbeKind, tuple[bool | None, str]] = {
     ProbeKind.READINESS: (False, "not ready: no successful probe yet"),
     ProbeKind.LIVENESS: (True, "alive: no failure yet"),

@@ -32,7 +32,7 @@ from vmhealth.monitor.probes.dial import Dial, HostSocketError, Sink, sockaddr
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 
-# Kubelet reads at most 10 KiB of an HTTP body or exec output (probe-semantics.md).
+# Kubelet reads at most 10 KiB of an HTTP body or exec output (docs/probe-semantics.md).
 OUTPUT_CAP_BYTES = 10 * 1024
 
 
