@@ -182,3 +182,22 @@ def test_render_refuses_an_interpreter_a_shebang_cannot_hold():
         render("/opt/my python/bin/python3")
     with pytest.raises(ValueError, match="absolute path"):
         render("python3")
+
+
+@pytest.mark.parametrize("command", ["install", "uninstall", "status"])
+def test_the_directories_are_documented_options(command):
+    shown = " ".join(cli(command, "--help").output.split())
+    assert "--hooks-dir DIR libvirt's hook directory" in shown
+    assert "[default: /etc/libvirt/hooks]" in shown
+    assert "--pid-dir DIR Where virtqemud.pid or libvirtd.pid is" in shown
+    assert "[default: /run/libvirt]" in shown
+    assert "only for tests" not in shown
+
+
+def test_status_reports_the_spool_directory_the_hook_writes(root, tmp_path, monkeypatch):
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    (spool / "0b2a8c4e-2f62-4c4e-9d1b-0c1c2a9b7c11.xml").write_text("<domain/>")
+    monkeypatch.setenv("VMHEALTH_SPOOL_DIR", str(spool))
+    shown = cli("status", "--hooks-dir", str(root), "--pid-dir", str(tmp_path)).output
+    assert f"spool: {spool}: 1 running domain(s) handed over" in shown
