@@ -51,7 +51,10 @@ class DaemonConfig:
     # none. Its TLS and basic authentication: a Prometheus web.config.yml.
     tcp_listen: str = ""
     web_config_file: str = ""
-    agent_threads: int = 16
+    # Guest-agent calls in flight on one of the daemon's agent connections to libvirt;
+    # keep it below libvirtd.conf's max_client_requests (default 5).
+    agent_calls_per_connection: int = 4
+    agent_threads: int | None = None  # deprecated and ignored: see DEPRECATED_KEYS
     control_threads: int = 4
     address_refresh_seconds: float = 30.0
     state_refresh_seconds: float = 2.0
@@ -173,7 +176,7 @@ def _choice(*allowed: str) -> Callable[[str, str], str]:
 DAEMON_KEYS: dict[str, dict[str, tuple[str, Callable[[str, str], Any]]]] = {
     "daemon": {
         "libvirt_uri": ("libvirt_uri", _text),
-        "agent_threads": ("agent_threads", _positive_int),
+        "agent_calls_per_connection": ("agent_calls_per_connection", _positive_int),
         "control_threads": ("control_threads", _positive_int),
         "address_refresh_seconds": ("address_refresh_seconds", _positive_number),
         "state_refresh_seconds": ("state_refresh_seconds", _positive_number),
@@ -201,6 +204,12 @@ REMOVED_KEYS = {
     ("daemon", "spool_dir"): "no longer a key: the hook cannot read this file, so the "
                              "daemon and the hook both use /run/vmhealth/domains; remove "
                              "the line",
+}
+
+# Keys of earlier versions still read, but ignored: the daemon logs a warning at start.
+DEPRECATED_KEYS: dict[tuple[str, str], tuple[str, Callable[[str, str], Any]]] = {
+    # Agent calls get a thread each (agent_connections.py), not one of a fixed pool.
+    ("daemon", "agent_threads"): ("agent_threads", _positive_int),
 }
 
 # [defaults] keys: spec field -> converter. Probe timing applies to every probe kind.
@@ -238,6 +247,10 @@ def parse_config(text: str, source: str = DEFAULT_PATH) -> DaemonConfig:
             if (section, key) in REMOVED_KEYS:
                 raise ConfigError(f"{source}: [{section}] {key}: "
                                   f"{REMOVED_KEYS[section, key]}")
+            if (section, key) in DEPRECATED_KEYS:
+                attribute, convert = DEPRECATED_KEYS[section, key]
+                values[attribute] = convert(raw.strip(), f"{source}: [{section}] {key}")
+                continue
             if key not in keys:
                 raise ConfigError(f"{source}: [{section}] {key}: unknown key; allowed: "
                                   f"{', '.join(keys)}")

@@ -1,10 +1,12 @@
 """GuestAccess implemented with libvirt: agent commands, guest addresses, suppression.
 
-Every libvirt call here blocks its thread, so each runs in a bounded thread pool and
-never on the event loop: agent calls (commands, and the agent's part of an address
-look-up) in one pool, at most one per guest in flight, each with a positive timeout;
-cheap control calls (state, leases, ARP) in another, so a flood of slow agents cannot
-starve state refreshes, adoption or liveness actions.
+Every libvirt call here blocks its thread, so each runs in a thread, never on the
+event loop: agent calls (commands, and the agent's part of an address look-up) in the
+daemon's AgentLane (agent_connections.py: a thread each, at once, on libvirt
+connections of their own), at most one per guest in flight, each with a positive
+timeout; cheap control calls (state, leases, ARP) in the bounded control pool on the
+control connection, so a flood of slow agents can starve neither state refreshes,
+adoption and liveness actions, nor another guest's agent call.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import libvirt
 import libvirt_qemu
 
 from vmhealth.excerpt import excerpt
+from vmhealth.monitor.agent_connections import AgentConnectionError, AgentLane
 from vmhealth.monitor.guest_addresses import (
     DomainNics,
     agent_entries,
@@ -220,6 +223,10 @@ class LibvirtGuestAccess:
     NoVerdict (an ERROR, not counted), and the call keeps its guest's slot until
     it really ends: one hung agent holds one thread, never more.
 
+    `agent_pool`: the daemon's AgentLane, which runs each call at once on a libvirt
+    connection of its own (looking `dom` up there by UUID); any other Executor runs
+    the calls on `dom` itself, on `dom`'s connection (tests, benchmarks).
+
     Addresses (guest_addresses.py): leases and ARP entries from the host, plus the
     agent's own report (through the same one-call slot), kept only when they belong to
     the domain. Once addresses were found in this run, a look-up that finds none keeps
@@ -316,9 +323,13 @@ class LibvirtGuestAccess:
                             f"{loop.time() - pending.sent_at:.1f} s ago has not returned "
                             "yet (one agent call per guest at a time)")
         call = self._agent_pending = _AgentCall(name, loop.time())
-        future = loop.run_in_executor(self._agent_pool, _run_agent_call, call,
-                                      libvirt_qemu.qemuAgentCommand, self.dom,
-                                      json.dumps(command), seconds, 0)
+        lane = self._agent_pool
+        text = json.dumps(command)
+        if isinstance(lane, AgentLane):
+            args: tuple = (lane.command, self.dom, text, seconds)
+        else:
+            args = (libvirt_qemu.qemuAgentCommand, self.dom, text, seconds, 0)
+        future = loop.run_in_executor(lane, _run_agent_call, call, *args)
         future.add_done_callback(functools.partial(self._agent_call_ended, call))
         limit = seconds + AGENT_SYNC_SECONDS + ANSWER_SLACK_SECONDS
         try:
@@ -326,10 +337,12 @@ class LibvirtGuestAccess:
         except asyncio.TimeoutError:
             call.abandoned = True
             if not call.started:
-                raise NoVerdict(f"not run: every agent thread of the daemon was busy "
-                                     f"for {limit} s (agent_threads)") from None
+                raise NoVerdict(f"not run: no thread of the daemon took {name} within "
+                                f"{limit} s (host overloaded?)") from None
             raise NoVerdict(f"libvirt did not answer {name} within {limit} s "
-                                 "(libvirtd busy?)") from None
+                            "(libvirtd busy?)") from None
+        except AgentConnectionError as exc:
+            raise NoVerdict(f"not run: {exc}") from None
         except libvirt.libvirtError as exc:
             raise _agent_error(exc, name) from None
         return decode_agent_reply(reply, name)

@@ -21,6 +21,7 @@ from typing import Any, Callable
 import libvirt
 
 from vmhealth.monitor import coarse_timers
+from vmhealth.monitor.agent_connections import AgentLane
 from vmhealth.monitor.config import DaemonConfig
 from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.logfmt import log_fields
@@ -66,7 +67,8 @@ class LibvirtConnection:
         self._stop_event = stop_event  # set when the daemon stops: no more reconnects
         self._on_connected = on_connected
         self.conn: libvirt.virConnect | None = None
-        self.agent_pool = ThreadPoolExecutor(config.agent_threads, "vmhealth-agent")
+        # Agent calls: a thread each, on libvirt connections of their own (never conn).
+        self.agent_pool = AgentLane.for_daemon(config)
         self.control_pool = ThreadPoolExecutor(config.control_threads, "vmhealth-libvirt")
         self.connected: asyncio.Event | None = None  # created in start(), on the loop
         self._loop: asyncio.AbstractEventLoop | None = None  # the daemon's, set in start()
@@ -194,4 +196,5 @@ class LibvirtConnection:
         coarse_timers.SHARED.forget(loop)
         gc.collect()
         self.close_connection()
+        self.agent_pool.close_connections()
         await _libvirt_loop_settled(LOOP_SETTLE_SECONDS)
