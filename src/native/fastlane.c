@@ -140,6 +140,7 @@ struct lane {
     size_t head_len;        /* of which the head (known once the headers are complete) */
     size_t body;            /* of which body */
     int headers_done;
+    int interim;  /* inside an interim (1xx but 101) answer, which the final one follows */
     int verdict;            /* set by the llhttp callbacks: 0 none, 1 same, -1 different */
     double started_mono, started_wall, deadline;
     llhttp_t parser;
@@ -400,8 +401,14 @@ static void record_success(Engine *e, lane_t *lane, double now) {
 
 static int on_headers_complete(llhttp_t *parser) {
     lane_t *lane = parser->data;
+    if (parser->status_code >= 100 && parser->status_code < 200 && parser->status_code != 101) {
+        /* Interim (100 Continue, 103 Early Hints): skipped, as Go's client (kubelet's)
+           and the Python handler skip it; the final answer follows, its bytes counted
+           against the head's cap like the interim's. 101 is final, another status. */
+        lane->interim = 1;
+        return HPE_OK;
+    }
     lane->headers_done = 1;
-    /* An interim (1xx) answer is another status too: Python's handler decides. */
     if (parser->status_code != lane->expect_status)
         lane->verdict = -1;
     return HPE_PAUSED;  /* always: where it pauses is where the head ends (parse()) */
@@ -420,6 +427,10 @@ static int on_body(llhttp_t *parser, const char *at, size_t length) {
 
 static int on_message_complete(llhttp_t *parser) {
     lane_t *lane = parser->data;
+    if (lane->interim) {
+        lane->interim = 0;  /* the end of an interim answer: read on to the final one */
+        return HPE_OK;
+    }
     lane->verdict = 1;
     return HPE_PAUSED;
 }
@@ -440,7 +451,7 @@ static void start_attempt(Engine *e, lane_t *lane, double now) {
     lane->started_wall = now_wall();
     lane->deadline = now + lane->timeout;
     lane->sent = lane->fed = lane->head_len = lane->body = 0;
-    lane->headers_done = lane->verdict = 0;
+    lane->headers_done = lane->verdict = lane->interim = 0;
     struct epoll_event ev = {.events = EPOLLIN | EPOLLOUT | EPOLLRDHUP | EPOLLET,
                              .data.ptr = lane};
     if (epoll_ctl(e->epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {

@@ -38,7 +38,7 @@ FOLLOW_WIDTHS = (19, 20, 20, 0)
 TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 
 STATUS_COLUMNS = ("NAME", "STATE", "READY", "LIVE", "RESTARTS", "AGE", "LAST-EVENT")
-WIDE_COLUMNS = ("STARTUP", "READINESS", "LIVENESS", "MESSAGE")
+WIDE_COLUMNS = ("STARTUP", "READINESS", "LIVENESS", "ENGINE", "MESSAGE")
 EVENT_COLUMNS = ("TIME", "DOMAIN", "TYPE", "MESSAGE")
 PROBE_KINDS = ("startup", "readiness", "liveness")  # the order the wide columns use
 
@@ -253,7 +253,21 @@ def _status_row(entry: Mapping[str, Any], events: Sequence[Mapping[str, Any]],
     probes = entry.get("probes")
     probes = probes if isinstance(probes, Mapping) else {}
     return row + tuple(_probe_cell(probes.get(kind), now) for kind in PROBE_KINDS) \
-        + (cell(message(entry, now), limit=MESSAGE_WIDTH, key=message(entry, None)),)
+        + (_engine_cell(probes), cell(message(entry, now), limit=MESSAGE_WIDTH,
+                                      key=message(entry, None)))
+
+
+def _engine_cell(probes: Mapping[str, Any]) -> Cell:
+    """Which engine runs each probe now (the probe's `engine`: "native" while the native
+    lane repeats it, else "python"): one word when they all agree, else per probe."""
+    engines = [(kind, str(probe.get("engine") or ("native" if probe.get("nativeLane")
+                                                   else "python")))
+               for kind in PROBE_KINDS if isinstance(probe := probes.get(kind), Mapping)]
+    if not engines:
+        return Cell(NONE)
+    if len({engine for _kind, engine in engines}) == 1:
+        return cell(engines[0][1])
+    return cell(", ".join(f"{kind} {engine}" for kind, engine in engines))
 
 
 def _probe_cell(probe: Any, now: float) -> Cell:

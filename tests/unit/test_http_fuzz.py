@@ -137,10 +137,11 @@ def _truncated(rng: random.Random) -> Entry:
     if rng.random() < 0.5:  # the head, part of the body, then silence
         return Entry("truncated body, held", (("send", head + b"x" * 10), ("hold",)),
                      Outcome.FAILURE, (TIMED_OUT,))
-    # The head, part of the body, then the end: the status decides (see docs/probes.md).
-    outcome, says = _verdict(status)
+    # The head, part of the announced body, then the end: a failure whatever the status,
+    # as in kubelet, whose read of the body ends in an unexpected EOF (docs/probes.md).
     ending = rng.choice([("close",), ("reset",)])
-    return Entry("truncated body, closed", (("send", head + b"x" * 10), ending), outcome, says)
+    return Entry("truncated body, closed", (("send", head + b"x" * 10), ending),
+                 Outcome.FAILURE, ("closed before the end of the body", "reset by peer"))
 
 
 def _garbage(rng: random.Random) -> Entry:

@@ -92,8 +92,8 @@ class Daemon:
     async def start(self) -> None:
         """Everything but the API: connect (waiting for libvirt with back-off), adopt, watch."""
         self._stop_event()
-        if self.config.native_lane and self.registry.lanes is None:
-            self.registry.lanes = NativeLanes.start()
+        if self.registry.lanes is None:
+            self.registry.lanes = NativeLanes.start(enabled=self.config.native_lane)
             if self.registry.lanes is not None:
                 self.metrics.before_render.append(self.registry.lanes.fold_all)
         await self.connection.start()

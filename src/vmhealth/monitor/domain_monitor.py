@@ -15,6 +15,7 @@ from vmhealth.monitor.events import EventLog
 from vmhealth.monitor.interfaces import ProbeResult, StateChange
 from vmhealth.monitor.libvirt_access import LibvirtGuestAccess, paused_reason
 from vmhealth.monitor.metrics import Metrics
+from vmhealth.monitor.native_lane import NATIVE, PYTHON
 from vmhealth.spec import HealthSpec, ProbeKind
 
 EVENT_TYPES = {
@@ -34,7 +35,8 @@ class ProbeStatus:
 
     def to_dict(self, *, native_lane: bool = False) -> dict[str, Any]:
         out: dict[str, Any] = {"healthy": self.healthy, "reason": self.reason,
-                               "since": self.since, "nativeLane": native_lane}
+                               "since": self.since, "nativeLane": native_lane,
+                               "engine": NATIVE if native_lane else PYTHON}
         if self.last_result is not None:
             result = self.last_result
             out["lastResult"] = {"outcome": result.outcome.value, "message": result.message,

@@ -108,12 +108,21 @@ class NativeLanes:
         loop.add_reader(engine.fileno(), self._take_reports)  # type: ignore[attr-defined]
 
     @classmethod
-    def start(cls, loop: asyncio.AbstractEventLoop | None = None) -> NativeLanes | None:
-        """The lanes, or None when the native engine is not installed (see ENGINE)."""
-        if _fastlane is None:
-            log.warning("%s: every probe runs in Python, which costs more CPU on large "
-                        "hosts", UNAVAILABLE)
+    def start(cls, loop: asyncio.AbstractEventLoop | None = None, *,
+              enabled: bool = True) -> NativeLanes | None:
+        """The lanes, or None when they are turned off (`native_lane = no`) or the native
+        engine is not installed (see ENGINE). Logs, once, which engine runs which probes."""
+        if not enabled:
+            log.info("probe engine: python for every probe (native_lane = no)")
             return None
+        if _fastlane is None:
+            log.warning("probe engine: python for every probe: %s; this costs more CPU on "
+                        "large hosts", UNAVAILABLE)
+            return None
+        log.info("probe engine: native (vmhealth_fastlane %s) for settled readiness and "
+                 "liveness probes over tcpSocket and plain-HTTP httpGet, python for every "
+                 "other probe and run (`vmhealth status -o wide` shows each probe's)",
+                 _fastlane.__version__)  # type: ignore[attr-defined]
         return cls(loop or asyncio.get_running_loop(), _fastlane.Engine(DURATION_BUCKETS))
 
     def __len__(self) -> int:

@@ -85,7 +85,7 @@ class _Response:
     """
 
     __slots__ = ("_parser", "status", "location", "headers_complete", "complete", "_room",
-                 "_body_room", "_interim")
+                 "_body_room", "_interim", "_framed")
 
     def __init__(self) -> None:
         self._parser: httptools.HttpResponseParser | None = None  # made at the first byte
@@ -96,6 +96,9 @@ class _Response:
         self._room = MAX_HEAD_BYTES  # what may still be parsed before the limit is hit
         self._body_room = OUTPUT_CAP_BYTES
         self._interim = False
+        # The final answer says where its body ends (Content-Length, chunked): then the
+        # end of the stream before that end is a truncated answer, not an EOF body.
+        self._framed = False
 
     def feed(self, data: bytes) -> bool:
         room = self._room
@@ -140,19 +143,33 @@ class _Response:
         self._parser = None
 
     def end_of_stream(self) -> None:
-        # After the headers, the end of the connection ends an EOF-delimited body.
+        # After the headers, the end of the connection ends an EOF-delimited body; a
+        # body of announced length or chunked that it cuts short is a failure, as in
+        # kubelet (reading the body fails with an unexpected EOF).
         if not self.headers_complete:
             raise InvalidResponse("connection closed before a complete response")
+        if not self.complete and self._framed and not (
+                300 <= self.status < 400 and self.location is not None):
+            # (A redirect's body is drained and its errors ignored by Go's client.)
+            raise InvalidResponse("connection closed before the end of the body")
         self.complete = True
 
     # -- httptools callbacks ------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
         # Only the final answer's headers: an interim answer's were dropped at its end,
         # and trailers (after the body) never redirect.
-        if not self.headers_complete and name.lower() == b"location":
+        if self.headers_complete:
+            return
+        lowered = name.lower()
+        if lowered == b"location":
             self.location = value
+        elif lowered == b"content-length" or (lowered == b"transfer-encoding"
+                                              and b"chunked" in value.lower()):
+            self._framed = True
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return  # another answer after the first: only the first counts (as in Go)
         status = self._parser.get_status_code()
         if 100 <= status < 200 and status != 101:
             # Interim (103 Early Hints, 100 Continue...): the final answer follows. Its
@@ -160,6 +177,7 @@ class _Response:
             # switches protocols, and is a FAILURE like any status under 200.
             self._interim = True
             self.location = None
+            self._framed = False
             return
         self.status = status
         self.headers_complete = True
