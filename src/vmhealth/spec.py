@@ -172,9 +172,6 @@ class HealthSpec:
             return probe.termination_grace_period_seconds
         return self.termination_grace_period_seconds
 
-    def is_empty(self) -> bool:
-        return not self.probes() and self.watchdog is None
-
 
 # ---------------------------------------------------------------------------
 # Parsing: the rules in vmhealth.spec_rules, then the typed model built from them
@@ -219,10 +216,6 @@ def spec_from_checked(checked: dict[str, Any]) -> HealthSpec:
         guest_agent_ping_paused=checked["guest_agent_ping_paused"],
         user_data=checked["user_data"],
     )
-
-
-def parse_probe(data: Any, path: str, kind: ProbeKind) -> Probe:
-    return probe_from_checked(_rules.check_probe(data, path, kind.value))
 
 
 def parse_spec(data: Any, path: str = "spec", *, named_ports: dict | None = None,

@@ -20,14 +20,15 @@ from vmhealth.guest import edits
 from vmhealth.monitor.interfaces import Outcome
 from vmhealth.monitor.libvirt_access import LibvirtGuestAccess
 from vmhealth.monitor.probes.agent_exec import run_agent_exec_probe
-from vmhealth.spec import ProbeKind, parse_probe
+from vmhealth.spec import parse_spec
 
 pytestmark = pytest.mark.e2e
 
 STOCK_RHEL92 = (Path(__file__).parents[1] / "data/guest/roots/rhel9.2/etc/sysconfig/qemu-ga")
 BOOT_TIMEOUT = 120
-PROBE = parse_probe({"exec": {"command": ["cat", "/tmp/healthy.txt"]}, "timeoutSeconds": 5,
-                     "periodSeconds": 10}, "readinessProbe", ProbeKind.READINESS)
+PROBE = parse_spec({"readinessProbe": {"exec": {"command": ["cat", "/tmp/healthy.txt"]},
+                                       "timeoutSeconds": 5, "periodSeconds": 10}}
+                   ).readiness_probe
 
 
 def _block_rpcs(text: str) -> tuple[str, ...]:

@@ -26,7 +26,7 @@ from vmhealth.monitor.interfaces import (
 from vmhealth.monitor.probes import run_probe
 from vmhealth.monitor.probes.http import USER_AGENT
 
-TIMEOUT = 0.5  # seconds; the model allows floats, parse_probe would insist on >= 1
+TIMEOUT = 0.5  # seconds; the model allows floats, parse_spec would insist on >= 1
 
 
 @dataclass

@@ -32,7 +32,7 @@ def test_the_handler_models_cover_exactly_the_rules_handlers():
                 "exec": {"command": ["true"]}, "guestAgentPing": {}}
     assert tuple(examples) == spec_rules.HANDLERS
     for name, fields in examples.items():
-        handler = spec.parse_probe({name: fields}, "p", spec.ProbeKind.LIVENESS).handler
+        handler = spec.parse_spec({"livenessProbe": {name: fields}}).liveness_probe.handler
         assert type(handler) is spec.HANDLER_FIELDS[name]
 
 
@@ -44,8 +44,8 @@ def test_the_model_defaults_are_the_rules_defaults():
     probe = spec_rules.check_probe({"tcpSocket": {"port": 22}}, "p", "livenessProbe")
     assert spec.probe_from_checked(probe) == spec.Probe(handler=spec.TcpSocket(port=22))
     http = spec_rules.check_handler("httpGet", {"port": 80}, "h")
-    assert spec.parse_probe({"httpGet": {"port": 80}}, "p",
-                            spec.ProbeKind.LIVENESS).handler == spec.HttpGet(port=80)
+    assert spec.parse_spec({"livenessProbe": {"httpGet": {"port": 80}}}
+                           ).liveness_probe.handler == spec.HttpGet(port=80)
     assert http["scheme"] == spec.HttpGet(port=80).scheme.value
 
 
