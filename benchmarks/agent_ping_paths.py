@@ -63,7 +63,7 @@ class DaemonPath:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     async def _connect(self, uri: str) -> None:
-        """As Daemon.start/_connect: libvirtaio (registered before any connection is
+        """As LibvirtConnection.start/connect: libvirtaio (registered before any connection is
         opened: one event implementation a process), the connection opened in the
         control pool, the daemon's keepalive."""
         import libvirtaio
@@ -83,10 +83,10 @@ class DaemonPath:
                                          domain_name)
         self.access = LibvirtGuestAccess(dom, agent_pool=self.agent_pool,
                                          control_pool=self.control_pool)
-        await self.access.refresh_state()  # as Daemon.adopt does once per domain
+        await self.access.refresh_state()  # as DomainRegistry.adopt does once per domain
 
     def adopt(self, domain_name: str) -> None:
-        """Build the domain's LibvirtGuestAccess as Daemon.adopt does."""
+        """Build the domain's LibvirtGuestAccess as DomainRegistry.adopt does."""
         self._run(self._adopt(domain_name), START_TIMEOUT)
 
     async def _probe_round(self, count: int, period: float) -> int:

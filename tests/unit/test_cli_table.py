@@ -2,7 +2,7 @@
 exit codes, --watch, colour, and text from the daemon that tries to break the layout.
 
 The daemon is a fake API client (the daemon's JSON, as monitor/domain_monitor.py's
-`to_dict` and daemon.py's `status()` build it); the clock and the wait of --watch are
+`to_dict` and status_view.py's `status()` build it); the clock and the wait of --watch are
 replaced, so AGE is deterministic and a watch runs without sleeping.
 VMHEALTH_REGEN_GOLDEN=1 rewrites tests/data/cli/*.txt (never under CI=true).
 """

@@ -42,7 +42,7 @@ from vmhealth.spec import RunStrategy
 # ended without a shutdown); shutdown asks the guest by ACPI, and a guest whose
 # watchdog feeder died may take a while to get there.
 WATCHDOG_STOP_WINDOW_SECONDS = 120.0
-# The watchdog actions (daemon.WATCHDOG_ACTIONS' names) that end the run.
+# The watchdog actions (lifecycle_events.WATCHDOG_ACTIONS' names) that end the run.
 STOPPING_WATCHDOG_ACTIONS = frozenset({"poweroff", "shutdown"})
 # vmhealth's own liveness actions that stop a domain (ActionRunner marks them).
 OWN_RESTART = "restart"
