@@ -28,6 +28,7 @@ import click
 import yaml
 
 from vmhealth.cli_context import Failure, NotOk, UsageFailure
+from vmhealth.connection import HOST_PART
 from vmhealth.monitor.client import DEFAULT_SOCKET, ApiClient, ApiError, ApiUnavailable
 from vmhealth.monitor.config import DEFAULT_PATH as DEFAULT_CONFIG_PATH
 from vmhealth.spec import ProbeKind
@@ -92,8 +93,12 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
 def daemon_command(config_path: str) -> None:
     """Run the host monitor daemon (systemd starts it as vmhealth.service)."""
     from vmhealth.monitor.config import ConfigError, load_config
-    from vmhealth.monitor.daemon import serve
     from vmhealth.monitor.logfmt import setup_logging
+
+    try:
+        from vmhealth.monitor.daemon import serve
+    except ImportError as exc:  # vmhealth installed for a guest, without its host part
+        raise Failure(f"{exc.name or 'a module'} is not installed; {HOST_PART}") from None
 
     try:
         config = load_config(config_path)

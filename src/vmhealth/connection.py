@@ -16,12 +16,16 @@ class LibvirtError(Exception):
     """A libvirt failure, phrased for the operator."""
 
 
+# What a host command run where only the guest side is installed tells the operator.
+HOST_PART = ("this command runs on the host: install vmhealth's host part (RPM: vmhealth; "
+             "pip: pip install 'vmhealth[host]')")
+
+
 def require_libvirt() -> None:
     """Raise LibvirtError when libvirt-python is missing (vmhealth installed for a
     guest: the guest commands need none of the host's dependencies)."""
     if libvirt is None:
-        raise LibvirtError("libvirt-python is not installed: this command runs on the "
-                           "host (RPM: vmhealth; pip: pip install 'vmhealth[host]')")
+        raise LibvirtError(f"libvirt-python is not installed; {HOST_PART}")
 
 
 def _quiet_libvirt() -> None:

@@ -65,3 +65,14 @@ def test_guest_commands_run(guest_venv):
 def test_guest_module_imports_alone(guest_venv, module):
     checked([guest_venv / "bin/python", "-c", f"import {module}"])
 
+
+
+@pytest.mark.parametrize("argv", [("daemon",), ("apply", "web1", "-f", "{spec}")])
+def test_a_host_command_says_what_to_install(guest_venv, tmp_path, argv):
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("readinessProbe:\n  tcpSocket: {port: 80}\n")
+    done = subprocess.run([str(guest_venv / "bin/vmhealth"),
+                           *(arg.format(spec=spec) for arg in argv)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    assert "pip install 'vmhealth[host]'" in done.stderr and "Traceback" not in done.stderr
