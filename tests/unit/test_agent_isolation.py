@@ -122,7 +122,7 @@ def test_one_call_per_guest_in_flight_and_the_slot_is_held_until_the_call_ends(a
         with ThreadPoolExecutor(4) as pool:
             access = LibvirtGuestAccess(guest, agent_pool=pool, control_pool=pool)
             first = asyncio.ensure_future(access.agent_command({"execute": "guest-ping"}, 1))
-            await asyncio.sleep(0.05)
+            await until(lambda: guest.in_flight == 1, "the first call to reach the agent")
             with pytest.raises(AgentBusy, match="guest-ping sent to the guest agent"):
                 await access.agent_command({"execute": "guest-ping"}, 1)
             with pytest.raises(NoVerdict):  # libvirt gave no verdict in time
@@ -131,10 +131,9 @@ def test_one_call_per_guest_in_flight_and_the_slot_is_held_until_the_call_ends(a
             # stays taken until it really ends, so a hung guest never holds two threads.
             with pytest.raises(AgentBusy):
                 await access.agent_command({"execute": "guest-ping"}, 1)
-            guest.release.set()
-            await asyncio.sleep(0.1)
             guest.hung = False
-            return await access.agent_command({"execute": "guest-ping"}, 1)
+            guest.release.set()
+            return await free_slot_call(access, {"execute": "guest-ping"})
 
     assert asyncio.run(scenario()) == {}
     assert guest.most_in_flight == 1
@@ -147,7 +146,7 @@ def test_a_probe_that_finds_a_call_in_flight_is_skipped_not_counted(agents):
         with ThreadPoolExecutor(2) as pool:
             access = LibvirtGuestAccess(guest, agent_pool=pool, control_pool=pool)
             first = asyncio.ensure_future(run_agent_ping_probe(PING, access))
-            await asyncio.sleep(0.05)
+            await until(lambda: guest.in_flight == 1, "the first call to reach the agent")
             second = await run_agent_exec_probe(EXEC, access)
             guest.release.set()
             return await first, second
