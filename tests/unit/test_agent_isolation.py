@@ -608,3 +608,36 @@ def wait_for(condition, what: str) -> None:
     while not condition():
         assert time.monotonic() < deadline, f"timed out waiting for {what}"
         time.sleep(0.01)
+
+
+def test_the_daemon_runs_agent_calls_in_its_lane_and_closes_it_at_stop(monkeypatch, tmp_path):
+    """The daemon's agent pool is an AgentLane on connections of its own (test driver),
+    and stopping the daemon closes them."""
+    from vmhealth.monitor.config import DaemonConfig
+    from vmhealth.monitor.daemon import Daemon
+
+    used = []
+
+    def command(dom, text, timeout, flags):
+        used.append(dom.connect())
+        return json.dumps({"return": {}})
+    monkeypatch.setattr(libvirt_access.libvirt_qemu, "qemuAgentCommand", command)
+    daemon = Daemon(DaemonConfig(libvirt_uri="test:///default", spool_dir=str(tmp_path)))
+    lane = daemon.connection.agent_pool
+    assert isinstance(lane, AgentLane)
+
+    async def scenario():
+        await daemon.start()
+        try:
+            access = LibvirtGuestAccess(daemon.conn.lookupByName("test"), agent_pool=lane,
+                                        control_pool=daemon.connection.control_pool)
+            assert await access.agent_command({"execute": "guest-ping"}, 1) == {}
+            assert lane.connections.open_count == 1
+            assert used[0] is not daemon.conn
+        finally:
+            await daemon.shutdown()
+
+    asyncio.run(scenario())
+    assert lane.connections.open_count == 0
+    with pytest.raises(AgentConnectionError, match="stopping"):
+        lane.connections.command(FakeDomain(None, "x"), "{}", 1)

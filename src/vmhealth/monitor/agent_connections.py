@@ -25,6 +25,7 @@ A call's timeout is libvirt's, measured on the agent itself; nothing here waits.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -187,6 +188,10 @@ class AgentConnections:
         self._retry_at = float("-inf")
         self._last_error = ""
         self._closed = False
+        # The daemon's event loop, once known: libvirtaio (which runs libvirt's timers
+        # and socket watches on it) is not thread-safe, so keepalive timers are set up
+        # and connections closed on the loop, never in a call's thread.
+        self.loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def open_count(self) -> int:
@@ -220,6 +225,23 @@ class AgentConnections:
             _close(slot)
 
     # ------------------------------------------------------------------ internals
+    def _on_loop(self, fn: Callable[..., None], *args: Any) -> None:
+        """Run fn(*args) on the daemon's loop (at once when already there); here when
+        there is no loop (tests, tools) or it is closed."""
+        loop = self.loop
+        if loop is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not loop:
+                try:
+                    loop.call_soon_threadsafe(fn, *args)
+                    return
+                except RuntimeError:
+                    pass  # the loop is closed
+        fn(*args)
+
     def _domain(self, slot: _Connection, uuid: str) -> libvirt.virDomain:
         with self._lock:
             dom = slot.domains.get(uuid)
@@ -251,7 +273,7 @@ class AgentConnections:
                         f"next try in {self._retry_at - now:.0f} s")
         finally:
             for slot in closing:
-                _close(slot)
+                self._on_loop(_close, slot)
         return self._open_one()
 
     def _open_one(self) -> _Connection:
@@ -271,10 +293,7 @@ class AgentConnections:
                                        f"calls: {self._last_error}") from None
         slot = _Connection(conn, self._clock())
         slot.calls = 1
-        try:
-            conn.setKeepAlive(*KEEPALIVE)
-        except libvirt.libvirtError:
-            pass  # local drivers (test://) have no keepalive; they cannot drop either
+        self._on_loop(_keep_alive, conn)
         try:
             conn.registerCloseCallback(_mark_dead, slot)
         except libvirt.libvirtError:
@@ -286,7 +305,7 @@ class AgentConnections:
                 self._open.append(slot)
                 count = len(self._open)
         if closed:
-            _close(slot)
+            self._on_loop(_close, slot)
             raise AgentConnectionError("the daemon is stopping")
         log.info("opened a libvirt connection for guest-agent calls",
                  extra=log_fields(connections=count, calls_per_connection=self._per_connection))
@@ -305,7 +324,7 @@ class AgentConnections:
                     closing.append(slot)  # taken out earlier: its last call has ended
             self._sweep(now, closing)
         for extra in closing:
-            _close(extra)
+            self._on_loop(_close, extra)
 
     def _sweep(self, now: float, closing: list[_Connection]) -> None:
         """Under the lock: take dead connections out (closed once their last call
@@ -332,6 +351,13 @@ class AgentConnections:
 def _mark_dead(_conn: Any, _reason: int, slot: _Connection) -> None:
     # libvirt's close callback, from whichever thread noticed: only a flag.
     slot.dead = True
+
+
+def _keep_alive(conn: libvirt.virConnect) -> None:
+    try:
+        conn.setKeepAlive(*KEEPALIVE)
+    except libvirt.libvirtError:
+        pass  # local drivers (test://) have no keepalive; they cannot drop either
 
 
 def _alive(conn: libvirt.virConnect) -> bool:
@@ -372,6 +398,14 @@ class AgentLane(ElasticExecutor):
                         extra=log_fields(agent_threads=config.agent_threads))
         return cls(AgentConnections(config.libvirt_uri, config.agent_calls_per_connection,
                                     reconnect_max_seconds=config.reconnect_max_seconds))
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        if self.connections.loop is None:  # run_in_executor submits from the loop
+            try:
+                self.connections.loop = asyncio.get_running_loop()
+            except RuntimeError:
+                pass
+        return super().submit(fn, *args, **kwargs)
 
     def command(self, dom: libvirt.virDomain, text: str, seconds: int) -> Any:
         return self.connections.command(dom, text, seconds)
