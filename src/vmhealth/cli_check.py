@@ -54,11 +54,13 @@ REASON_LIMIT = 300
 
 
 def liveness_verdict(entry: dict[str, Any]) -> tuple[bool, str]:
-    """(failed, what to say) from the daemon's status of one domain."""
-    probes = entry.get("probes") or {}
+    """(failed, what to say) from the daemon's status of one domain. A field of
+    another shape (a daemon of another version) reads as absent: only a liveness
+    state the daemon clearly published as failed fails the monitor."""
+    probes = _mapping(entry.get("probes"))
     suppressed = entry.get("suppressed")
-    startup = probes.get("startup") or {}
-    liveness = probes.get("liveness") or {}
+    startup = _mapping(probes.get("startup"))
+    liveness = _mapping(probes.get("liveness"))
     if suppressed:
         # The daemon counts no failure and takes no action in these states.
         return False, f"undecided: domain {suppressed}"
@@ -71,6 +73,10 @@ def liveness_verdict(entry: dict[str, Any]) -> tuple[bool, str]:
     if liveness.get("healthy") is False:
         return True, str(liveness.get("reason", "liveness failed"))
     return False, str(liveness.get("reason", "alive"))
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
 
 
 def domain_from_ocf_environment() -> str:

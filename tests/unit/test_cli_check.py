@@ -53,7 +53,8 @@ class FakeDaemon:
                 pass
 
         self.server = _Server(str(path), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(target=self.server.serve_forever, args=(0.02,),
+                                       daemon=True)
         self.thread.start()
 
     def answer(self, domain: str, data, code: int = 200) -> None:
@@ -184,3 +185,11 @@ def test_without_a_domain_or_the_question_it_is_bad_usage(api):
 def test_verdict_reads_nothing_but_the_probes_and_suppression():
     assert liveness_verdict({}) == (False, "undecided: no liveness probe")
     assert liveness_verdict({"probes": {"liveness": FAILED}})[0] is True
+
+
+@pytest.mark.parametrize("probes", [[1, 2], "x", None, {"liveness": [FAILED]},
+                                    {"liveness": "failed"}, {"startup": 3, "liveness": ALIVE}])
+def test_a_status_of_another_shape_never_fails_the_monitor(api, probes):
+    api.answer("web1", entry(probes))
+    result = check(api, "web1", "--liveness")
+    assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
