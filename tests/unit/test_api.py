@@ -5,90 +5,24 @@ from __future__ import annotations
 import asyncio
 import grp
 import os
-import pwd
-import shutil
 import stat
-import subprocess
-import sys
-import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from tests.unit.api_support import Server
 
 from vmhealth.monitor.api import (
     ON_DEMAND_INTERVAL,
-    ApiServer,
     OnDemandProbes,
     Peer,
     ProbePermission,
 )
 from vmhealth.monitor.client import ApiClient, ApiError, ApiUnavailable
-from vmhealth.monitor.events import MESSAGE_LIMIT, EventLog
-from vmhealth.monitor.interfaces import Outcome, ProbeResult
-from vmhealth.monitor.metrics import Metrics
+from vmhealth.monitor.events import MESSAGE_LIMIT
 from vmhealth.spec import ProbeKind
-
-READY = {"name": "web1", "uuid": "u-1", "state": "running", "suppressed": None,
-         "ready": True, "live": True, "probes": {}}
-NOT_READY = {"name": "web2", "uuid": "u-2", "state": "paused", "suppressed": "paused by the user",
-             "ready": False, "notReadyReason": "domain paused by the user", "live": True,
-             "probes": {"readiness": {"healthy": False, "reason": "connection refused",
-                                      "since": 0}}}
-
-
-class FakeSource:
-    def __init__(self) -> None:
-        self.events = EventLog(10)
-        self.metrics = Metrics()
-        self.domains = {"web1": READY, "web2": NOT_READY}
-        self.probed: list[tuple[str, ProbeKind]] = []
-
-    def status(self):
-        return {"libvirtConnected": True, "domains": list(self.domains.values())}
-
-    def domain_status(self, key):
-        return self.domains[key]
-
-    async def run_probe_once(self, key, kind):
-        self.probed.append((key, kind))
-        if self.hold is not None:
-            await self.hold.wait()
-        return ProbeResult(Outcome.FAILURE, self.message, 0.5, time.time())
-
-    hold: asyncio.Event | None = None  # set: probes wait for it
-    message = "exit code 1"
-
-
-class Server:
-    """The API served from a loop in a thread, so the blocking client can call it."""
-
-    def __init__(self, socket_path: str, **options) -> None:
-        self.source = FakeSource()
-        self.loop = asyncio.new_event_loop()
-        self.api = ApiServer(self.source, socket_path, **options)
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.call(self.api.start())
-
-    def call(self, coro):
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(10)
-
-    def record(self, *args, **fields):
-        async def record():
-            self.source.events.record(*args, **fields)
-        self.call(record())
-
-    def close(self) -> None:
-        async def end_streams():  # the daemon ends event streams before the API stops
-            self.source.events.close()
-        self.call(end_streams())
-        self.call(self.api.stop())
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
 
 
 @pytest.fixture
@@ -294,42 +228,3 @@ def test_probe_permission_rules():
 
 # A client in another process, as another user: the credentials the kernel passes on
 # the unix socket (SO_PEERCRED, SO_PEERGROUPS) are what the daemon checks.
-AS_OTHER_USER = """
-import http.client, socket, sys
-class Unix(http.client.HTTPConnection):
-    def connect(self):
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self.sock.connect(sys.argv[1])
-conn = Unix("localhost", timeout=30)
-conn.request(sys.argv[2], sys.argv[3])
-print(conn.getresponse().status)
-"""
-
-
-@pytest.mark.skipif(os.geteuid() != 0, reason="runs clients as other users: needs root")
-def test_only_root_and_probe_group_run_probes_over_the_socket():
-    directory = tempfile.mkdtemp(prefix="vmhealth-api-")
-    os.chmod(directory, 0o755)  # other users must reach the socket inside
-    nobody, users = pwd.getpwnam("nobody"), grp.getgrnam("users").gr_gid
-    srv = Server(os.path.join(directory, "api.sock"), socket_group="nogroup",
-                 probe_group="users", on_demand=OnDemandProbes(interval=0))
-
-    def status_as(method, url, group, extra_groups=()):
-        done = subprocess.run(
-            [sys.executable, "-I", "-c", AS_OTHER_USER, srv.api.socket_path, method, url],
-            user=nobody.pw_uid, group=group, extra_groups=list(extra_groups),
-            capture_output=True, text=True, timeout=30, check=True)
-        return int(done.stdout)
-
-    try:
-        nogroup = nobody.pw_gid
-        assert status_as("GET", "/status", nogroup) == 200  # reading needs the socket only
-        assert status_as("POST", "/probe/web2/readiness", nogroup) == 403
-        assert srv.source.probed == []
-        assert status_as("POST", "/probe/web2/readiness", nogroup, [users]) == 200
-        assert status_as("POST", "/probe/web2/readiness", users, [nogroup]) == 200
-        assert ApiClient(srv.api.socket_path).probe("web2", "readiness")  # root
-        assert len(srv.source.probed) == 3
-    finally:
-        srv.close()
-        shutil.rmtree(directory)

@@ -410,7 +410,7 @@ def test_cut_counts_display_columns():
 def test_watch_over_the_real_socket(tmp_path, monkeypatch):
     """The real API client against the daemon's API server: the table, the events it
     reads restarts from, and a change between two requests."""
-    from tests.unit.test_api import Server
+    from tests.unit.api_support import Server
 
     server = Server(str(tmp_path / "api.sock"))
     try:

@@ -15,7 +15,7 @@ import logging
 from pathlib import Path
 
 import pytest
-from test_daemon import LIVENESS, FakeProber, domain_xml, run
+from tests.unit.daemon_support import LIVENESS, FakeProber, domain_xml, run
 
 from vmhealth.monitor import registry as registry_module
 from vmhealth.monitor.config import DaemonConfig

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import libvirt
 import pytest
-from test_daemon import FakeProber, failure, run, settle
+from tests.unit.daemon_support import FakeProber, failure, run, settle
 
 from vmhealth.domainxml import apply_spec
 from vmhealth.monitor.config import DaemonConfig

@@ -11,8 +11,8 @@ import asyncio
 import gc
 import socket
 
-from tests.unit.test_probe_dial import how_it_ended, listener
-from tests.unit.test_probes import FakeAccess, Route, probe_of, start_http
+from tests.unit.dial_support import how_it_ended, listener
+from tests.unit.probe_support import FakeAccess, Route, probe_of, start_http
 
 from vmhealth import spec
 from vmhealth.monitor import coarse_timers

@@ -12,13 +12,13 @@ import os
 import socket
 
 import pytest
-from tests.unit.test_probe_dial import (
+from tests.unit.dial_support import (
     Attempt,
     how_it_ended,
     listener,
     tcp_probe_and_how_it_ended,
 )
-from tests.unit.test_probes import FakeAccess, probe_of
+from tests.unit.probe_support import FakeAccess, probe_of
 
 from vmhealth import spec
 from vmhealth.monitor.interfaces import Outcome

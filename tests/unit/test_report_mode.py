@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 from click.testing import CliRunner
-from tests.unit.test_daemon import FakeProber, domain_xml, failure, run, settle
+from tests.unit.daemon_support import FakeProber, domain_xml, failure, run, settle
 
 from vmhealth.cli import Context, main
 from vmhealth.manifest import load_manifest
