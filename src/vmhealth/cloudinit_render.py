@@ -104,7 +104,13 @@ def plan_cloud_config(plan: GuestPlan) -> dict[str, Any]:
     if plan.open_exec and not debian:
         runcmd.append(["systemctl", "restart", AGENT_UNIT])
     if plan.watchdog is not None:
-        runcmd.append(["systemctl", "enable", "--now", WATCHDOG_UNIT])
+        # Not `enable --now`: Debian's postinst has already started the daemon with the
+        # stock files (no watchdog-device), and --now leaves that one running unfed.
+        # Not `restart` either: Debian's unit starts wd_keepalive when it stops
+        # (OnFailure=); the separate start replaces it again (Conflicts=).
+        runcmd += [["systemctl", "enable", WATCHDOG_UNIT],
+                   ["systemctl", "stop", WATCHDOG_UNIT],
+                   ["systemctl", "start", WATCHDOG_UNIT]]
     if plan.needs_policy_module:
         runcmd.append(["sh", "-c", MODULE_SCRIPT, "sh", POLICY_PACKAGE_PATH])
     for label in plan.labels:

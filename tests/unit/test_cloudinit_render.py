@@ -86,6 +86,20 @@ def test_shipped_script_runs_as_cloud_init_would(tmp_path):
     assert "watchdog-timeout = 60" in (root / "etc/watchdog.conf").read_text()
 
 
+@pytest.mark.parametrize("distro", sorted(RENDER_TARGETS))
+def test_watchdog_daemon_restarts_after_the_edits(distro):
+    """A package's postinst may start the daemon before the edits (Debian's does, with
+    no watchdog-device): it must be stopped and started again once they are written."""
+    spec = load_manifest(EXAMPLES / "example-vmi.yaml").spec
+    runcmd = yaml.safe_load(render(spec, RENDER_TARGETS[distro]))["runcmd"]
+    edit = next(i for i, cmd in enumerate(runcmd) if EDITS_SCRIPT in cmd)
+    stop = runcmd.index(["systemctl", "stop", "watchdog.service"])
+    start = runcmd.index(["systemctl", "start", "watchdog.service"])
+    assert edit < stop < start
+    assert ["systemctl", "enable", "watchdog.service"] in runcmd
+    assert not [cmd for cmd in runcmd if "--now" in cmd and "watchdog.service" in cmd]
+
+
 def test_non_cloud_config_user_data_is_refused():
     with pytest.raises(UserDataError, match="not '#cloud-config'"):
         parse_user_data("#!/bin/sh\necho hi\n")
