@@ -401,6 +401,28 @@ def test_stalled_tls_handshakes_neither_stall_scrapers_nor_stay(served, tmp_path
         partial.close()
 
 
+def test_pending_tls_handshakes_count_against_the_caps(served, tmp_path):
+    """A connection is counted from its accept, not from the end of its handshake: one
+    address opening handshakes it never finishes holds at most max_per_address slots
+    (file descriptors), the rest are closed at once, and another address is served."""
+    cert, key = self_signed(tmp_path)
+    web = served(limits=Limits(head_timeout=30.0, max_connections=8, max_per_address=2),
+                 web_config=web_config(
+                     tmp_path, f"tls_server_config:\n  cert_file: {cert}\n  key_file: {key}\n"))
+    silent = [socket.create_connection(("127.0.0.1", web.port)) for _ in range(6)]
+    try:
+        wait_until(lambda: web.web.refused == 4, "the handshakes beyond the cap refused")
+        assert web.web.connections == 2
+        assert sum(still_open(sock) for sock in silent) == 2
+        assert web.get("/metrics", source="127.0.0.2", context=client_context(cert))[0] == 200
+    finally:
+        for sock in silent:
+            sock.close()
+    # Closed by the client mid-handshake: the slots come back.
+    wait_until(lambda: web.web.connections == 0, "the handshake slots released")
+    assert web.get("/metrics", context=client_context(cert))[0] == 200
+
+
 def test_huge_header_is_400_and_stalls_nobody(served):
     web = served()
     with socket.create_connection(("127.0.0.1", web.port)) as huge:

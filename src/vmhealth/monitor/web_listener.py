@@ -18,7 +18,9 @@ Nobody on the network can stall a scrape, nor the daemon:
   an idle keep-alive connection and a response nobody reads last `idle_timeout`;
 - connections are capped in all and per client address, so one client holding
   every slot it may get leaves room for the others; a connection beyond a cap is
-  closed at once;
+  closed at once; with TLS a connection is counted from its accept, before the
+  handshake (which has `head_timeout`), so handshakes that never finish cannot
+  hold more than the caps either;
 - bcrypt (~70 ms at cost 10) runs in a thread of its own, never on the daemon's
   loop; credentials that passed once are remembered (as an HMAC under a key of this
   process, never in clear), so a scraper pays for bcrypt once; at most
@@ -54,6 +56,7 @@ AUTH_PENDING_LIMIT = 8  # bcrypt checks running or waiting; beyond: 429
 VERIFIED_LIMIT = 64  # remembered credentials (a handful of scrapers in practice)
 REALM = 'Basic realm="vmhealth"'
 REPORT_INTERVAL = 60.0  # seconds between two log lines about refused requests
+EARLY_LIMIT = 65536  # bytes held between the TLS handshake and the protocol's start
 
 
 class _RefusedRequests(logging.Filter):
@@ -117,20 +120,49 @@ class _Connection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._busy = False  # a handler runs
         self._head = True  # bytes of a request are awaited or arriving
+        self._admitted = False
+        self.handshake: asyncio.Task[None] | None = None
+        # Bytes (and an end of stream) that arrive between the end of the TLS handshake
+        # and connection_made with the TLS transport: asyncio delivers the request that
+        # came with the handshake's last flight before start_tls returns.
+        self._early: list[bytes] = []
+        self._early_eof = False
+        self._lost = False
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        peer = transport.get_extra_info("peername")
-        self.address = str(peer[0]) if peer else ""
-        if not self._listener.admit(self):
-            transport.abort()
-            return
+        if not self._admitted:
+            peer = transport.get_extra_info("peername")
+            self.address = str(peer[0]) if peer else ""
+            if not self._listener.admit(self):
+                transport.abort()
+                return
+            self._admitted = True
+            context = self._listener.web_config.ssl_context
+            if context is not None:
+                # Counted now, on the plain socket; TLS comes next (start_tls calls
+                # connection_made again with the TLS transport once the handshake is
+                # done). Paused so that no byte of the ClientHello reaches this
+                # protocol before start_tls takes the transport over.
+                transport.pause_reading()
+                self.handshake = asyncio.get_running_loop().create_task(
+                    self._start_tls(transport, context))
+                return
         self._inner = self._listener.protocol()
         self._inner.connection_made(transport)
         self._arm(self._listener.limits.head_timeout)
+        early, self._early = self._early, []
+        for data in early:
+            self.data_received(data)
+        if self._early_eof:
+            self._inner.eof_received()
 
     def data_received(self, data: bytes) -> None:
         if self._inner is None:
+            if self._admitted:  # TLS is up, connection_made is on its way
+                self._early.append(data)
+                if sum(map(len, self._early)) > EARLY_LIMIT:
+                    self.transport.abort()
             return
         if not self._head:
             self._head = True
@@ -139,7 +171,10 @@ class _Connection(asyncio.Protocol):
         self._inner.data_received(data)
 
     def eof_received(self) -> bool | None:
-        return self._inner.eof_received() if self._inner is not None else None
+        if self._inner is None:
+            self._early_eof = self._admitted
+            return True if self._admitted else None  # half-open: the answer may follow
+        return self._inner.eof_received()
 
     def pause_writing(self) -> None:
         if self._inner is not None:
@@ -149,7 +184,25 @@ class _Connection(asyncio.Protocol):
         if self._inner is not None:
             self._inner.resume_writing()
 
+    async def _start_tls(self, transport: Any, context: Any) -> None:
+        try:
+            secure = await asyncio.get_running_loop().start_tls(
+                transport, self, context, server_side=True,
+                ssl_handshake_timeout=self._listener.limits.head_timeout)
+        except (OSError, asyncio.TimeoutError, asyncio.CancelledError):
+            # A failed, stalled or aborted handshake: asyncio closed the socket, and
+            # never calls connection_lost here, so the slot is given back here.
+            transport.abort()
+            self._listener.release(self)
+            return
+        finally:
+            self.handshake = None
+        if self._lost:  # lost between the handshake and now (EARLY_LIMIT, a reset)
+            return
+        self.connection_made(secure)
+
     def connection_lost(self, exc: Exception | None) -> None:
+        self._lost = True
         self._cancel()
         self._listener.release(self)
         if self._inner is not None:
@@ -253,7 +306,7 @@ class WebListener:
         self.limits = limits or Limits()
         self._clock = clock
         self.auth = BasicAuth(self.web_config.users) if self.web_config.users else None
-        self._connections: dict[Any, _Connection] = {}  # transport -> connection
+        self._connections: dict[int, _Connection] = {}  # id -> admitted connection
         self._per_address: dict[str, int] = {}
         self.refused = 0  # connections closed at once for a cap, for the tests
         self._page: tuple[float, bytes] | None = None
@@ -278,11 +331,10 @@ class WebListener:
 
     async def start(self) -> None:
         await self._runner.setup()
+        # No ssl= here: each connection is admitted (counted against the caps) first
+        # and upgraded to TLS after (_Connection.connection_made).
         self._server = await asyncio.get_running_loop().create_server(
-            lambda: _Connection(self), self.host, self.port,
-            ssl=self.web_config.ssl_context,
-            ssl_handshake_timeout=self.limits.head_timeout if self.web_config.ssl_context
-            else None)
+            lambda: _Connection(self), self.host, self.port)
         self.port = self._server.sockets[0].getsockname()[1]  # port 0: the one chosen
         self._warn_if_exposed()
 
@@ -290,6 +342,8 @@ class WebListener:
         if self._server is not None:
             self._server.close()
         for connection in list(self._connections.values()):
+            if connection.handshake is not None:
+                connection.handshake.cancel()
             connection.transport.abort()
         await self._runner.cleanup()
         if self.auth is not None:
@@ -316,13 +370,13 @@ class WebListener:
                 or held >= self.limits.max_per_address):
             self.refused += 1
             return False
-        self._connections[connection.transport] = connection
+        self._connections[id(connection)] = connection
         self._per_address[connection.address] = held + 1
         return True
 
     def release(self, connection: _Connection) -> None:
-        if self._connections.pop(connection.transport, None) is None:
-            return  # never admitted
+        if self._connections.pop(id(connection), None) is None:
+            return  # never admitted, or released already
         left = self._per_address[connection.address] - 1
         if left:
             self._per_address[connection.address] = left
