@@ -115,20 +115,28 @@ class ElasticExecutor(Executor):
                     return  # shutdown
                 future, fn, args, kwargs = item
                 del item
+                result = error = None
                 if future.set_running_or_notify_cancel():
                     try:
                         result = fn(*args, **kwargs)
                     except BaseException as exc:  # noqa: BLE001 - handed to the caller
-                        future.set_exception(exc)
-                    else:
-                        future.set_result(result)
+                        error = exc
                 # Drop the call's references (domain objects) before waiting again.
-                del future, fn, args, kwargs
-                result = None
+                del fn, args, kwargs
+                # Waiting again before the caller hears of the end: its next call (a
+                # guest's next probe) finds this thread, not a new one.
                 with self._lock:
-                    if self._shut:
-                        return
-                    self._waiting += 1
+                    shut = self._shut
+                    if not shut:
+                        self._waiting += 1
+                if future.running():
+                    if error is None:
+                        future.set_result(result)
+                    else:
+                        future.set_exception(error)
+                del future, result, error
+                if shut:
+                    return
         finally:
             with self._lock:
                 self._threads.discard(threading.current_thread())
