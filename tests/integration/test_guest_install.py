@@ -8,6 +8,7 @@ The guest commands must still run, and every guest module import.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -34,8 +35,10 @@ def checked(argv, **kwargs) -> str:
 @pytest.fixture(scope="module")
 def guest_venv(tmp_path_factory):
     top = tmp_path_factory.mktemp("guest")
+    # No C compiler: vmhealth is pure Python (the lane is src/native's own build).
     checked([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-             "--disable-pip-version-check", "--wheel-dir", top / "wheels", REPO])
+             "--disable-pip-version-check", "--wheel-dir", top / "wheels", REPO],
+            env={**os.environ, "CC": "/bin/false", "CXX": "/bin/false"})
     wheels = sorted((top / "wheels").glob("vmhealth-*-py3-none-any.whl"))
     assert len(wheels) == 1, sorted(path.name for path in (top / "wheels").iterdir())
     venv = top / "venv"
