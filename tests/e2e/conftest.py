@@ -107,8 +107,8 @@ def restart_libvirtd(sandbox, guest_factory, recorder):
     """A function that restarts the sandbox's libvirtd (running domains keep running)
     and moves the factory, its guests and the recorder to new connections."""
 
-    def restart():
-        sandbox.restart_libvirtd()
+    def restart(**libvirtd_options):
+        sandbox.restart_libvirtd(**libvirtd_options)
         guest_factory.reconnect(events.connect(sandbox.uri))
         recorder.reconnect(events.connect(sandbox.uri))
         return guest_factory.conn

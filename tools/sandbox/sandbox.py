@@ -186,9 +186,12 @@ class Sandbox:
     def stop_libvirtd(self) -> None:
         self._stop_daemon("libvirtd")
 
-    def restart_libvirtd(self) -> None:
-        """Stop and start libvirtd; running domains keep running (for reconnect tests)."""
+    def restart_libvirtd(self, max_client_requests: int | None = None) -> None:
+        """Stop and start libvirtd; running domains keep running (for reconnect tests).
+        max_client_requests: libvirtd.conf's limit of calls served at once per client
+        connection from now on (None: libvirtd's default, 5)."""
         self.stop_libvirtd()
+        self._write_libvirtd_conf(max_client_requests)
         self.start_libvirtd()
 
     def reload_libvirtd(self) -> None:
@@ -274,7 +277,13 @@ class Sandbox:
 
     def _write_config(self) -> None:
         Path("/etc/libvirt/qemu.conf").write_text(QEMU_CONF)
-        Path("/etc/libvirt/libvirtd.conf").write_text(LIBVIRTD_CONF)
+        self._write_libvirtd_conf()
+
+    def _write_libvirtd_conf(self, max_client_requests: int | None = None) -> None:
+        text = LIBVIRTD_CONF
+        if max_client_requests is not None:
+            text += f"max_client_requests = {int(max_client_requests)}\n"
+        Path("/etc/libvirt/libvirtd.conf").write_text(text)
 
     def _setup_network(self) -> None:
         br = self.bridge
