@@ -1,0 +1,297 @@
+"""The httpGet verdict in its details (written for mutation testing, docs/testing.md):
+the answer's parser and its limits, the end of a TLS exchange, redirects and the
+exact messages they give."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+import pytest
+from tests.unit.test_probes import (
+    FakeAccess,
+    Route,
+    free_port,
+    http_probe,
+    probe_of,
+    run,
+    start_http,
+)
+
+from vmhealth import spec
+from vmhealth.monitor.interfaces import Outcome
+from vmhealth.monitor.probes import run_probe
+from vmhealth.monitor.probes.http import (
+    MAX_HEAD_BYTES,
+    InvalidResponse,
+    _Response,
+    _same_host,
+    _TlsExchange,
+)
+
+HEAD_LIMIT = "invalid HTTP response (status line and headers over 64 KiB)"
+AFTER_LIMIT = ("invalid HTTP response (over 64 KiB of chunk framing or trailers after the "
+               "headers)")
+
+
+def answer(status: int = 200, headers: str = "", body: bytes = b"") -> bytes:
+    return (f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\n{headers}\r\n"
+            .encode() + body)
+
+
+def padded_head(size: int, content_length: int) -> bytes:
+    """A 200 head of exactly `size` bytes announcing `content_length` bytes of body."""
+    start = f"HTTP/1.1 200 OK\r\nContent-Length: {content_length}\r\nX-Pad: ".encode()
+    return start + b"a" * (size - len(start) - 4) + b"\r\n\r\n"
+
+
+# -- the parser ----------------------------------------------------------------
+
+def test_a_whole_answer_in_one_piece():
+    response = _Response()
+    assert response.feed(answer(204)) is True
+    assert (response.status, response.location, response.headers_complete) == (204, None, True)
+
+
+def test_an_answer_in_pieces_is_complete_only_at_its_end():
+    response = _Response()
+    data = answer(200, body=b"hello")
+    assert [response.feed(data[i:i + 1]) for i in range(len(data))] == (
+        [False] * (len(data) - 1) + [True])
+    assert response.status == 200
+
+
+def test_the_location_of_the_final_answer_only():
+    response = _Response()
+    data = (b"HTTP/1.1 103 Early Hints\r\nLocation: /early\r\n\r\n"
+            + answer(302, "LOCATION: /final\r\n"))
+    assert response.feed(data) is True
+    assert (response.status, response.location) == (302, b"/final")
+    interim_only = _Response()
+    assert interim_only.feed(b"HTTP/1.1 103 Early Hints\r\nLocation: /early\r\n\r\n"
+                             + answer(200)) is True
+    assert (interim_only.status, interim_only.location) == (200, None)
+
+
+def test_a_trailer_named_location_is_not_a_redirect():
+    response = _Response()
+    chunked = (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"2\r\nok\r\n0\r\nLocation: /elsewhere\r\n\r\n")
+    assert response.feed(chunked) is True
+    assert (response.status, response.location) == (200, None)
+
+
+def test_an_eof_delimited_body_ends_with_the_connection():
+    response = _Response()
+    assert response.feed(b"HTTP/1.1 200 OK\r\n\r\nbody without a length") is False
+    response.end_of_stream()
+    assert response.complete is True and response.status == 200
+
+
+def test_the_connection_closed_before_the_head_is_invalid():
+    response = _Response()
+    response.feed(b"HTTP/1.1 200 OK\r\nContent-")
+    with pytest.raises(InvalidResponse) as caught:
+        response.end_of_stream()
+    assert str(caught.value) == "connection closed before a complete response"
+    assert response.complete is False
+
+
+def test_garbage_is_invalid_and_names_the_parsers_complaint():
+    with pytest.raises(InvalidResponse) as caught:
+        _Response().feed(b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert re.fullmatch(r"invalid HTTP response \(.+\)", str(caught.value))
+
+
+def test_bytes_after_a_complete_answer_change_nothing():
+    response = _Response()
+    assert response.feed(answer(200) + b"\x00garbage\r\n\r\n") is True
+    assert response.status == 200
+
+
+def test_at_most_10_kib_of_body_is_read():
+    short = _Response()
+    assert short.feed(answer(200, body=b"x" * 20000)[:-20000] + b"x" * 10239) is False
+    assert short.feed(b"x") is True
+    assert short.status == 200
+
+
+@pytest.mark.parametrize("size,complete", [(MAX_HEAD_BYTES, True),
+                                           (MAX_HEAD_BYTES + 1, None)])
+def test_the_head_limit_in_one_piece(size, complete):
+    response = _Response()
+    data = padded_head(size, 0)
+    if complete:
+        assert response.feed(data) is True
+        return
+    with pytest.raises(InvalidResponse) as caught:
+        response.feed(data)
+    assert str(caught.value) == HEAD_LIMIT
+
+
+def test_an_answer_complete_within_the_head_limit_ignores_what_follows_in_the_piece():
+    response = _Response()
+    assert response.feed(padded_head(1000, 0) + b"z" * MAX_HEAD_BYTES) is True
+    assert response.status == 200
+
+
+def test_a_body_that_straddles_the_head_limit_is_read_on():
+    # The head ends 100 bytes before the limit; its 2,000 bytes of body arrive in the
+    # same piece: the part beyond the limit is parsed against the new room.
+    response = _Response()
+    assert response.feed(padded_head(MAX_HEAD_BYTES - 100, 2000) + b"b" * 2000) is True
+    assert response.status == 200
+
+
+def test_framing_after_the_head_is_limited_too():
+    response = _Response()
+    head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    assert response.feed(head) is False
+    with pytest.raises(InvalidResponse) as caught:
+        response.feed(b"1;" + b"e" * (70 * 1024))
+    assert str(caught.value) == AFTER_LIMIT
+
+
+# -- a TLS exchange's end ---------------------------------------------------------
+
+class Transport:
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = 0
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def abort(self) -> None:
+        self.aborted += 1
+
+
+def exchange() -> tuple[_TlsExchange, asyncio.Future, Transport]:
+    loop = asyncio.new_event_loop()
+    done = loop.create_future()
+    tls = _TlsExchange(b"GET / HTTP/1.1\r\n\r\n", _Response(), done)
+    transport = Transport()
+    tls.connection_made(transport)
+    loop.close()
+    return tls, done, transport
+
+
+def test_a_tls_exchange_sends_the_request_and_ends_at_a_complete_answer():
+    tls, done, transport = exchange()
+    assert transport.written == [b"GET / HTTP/1.1\r\n\r\n"]
+    tls.data_received(answer(200))
+    assert done.result() is None and transport.aborted == 1
+    tls.data_received(b"more")  # after the end: ignored
+    tls.connection_lost(None)
+    assert done.result() is None
+
+
+def test_a_tls_exchange_ended_early_reports_the_connection_error_first():
+    tls, done, _ = exchange()
+    tls.connection_lost(ConnectionResetError("reset by peer"))
+    assert isinstance(done.exception(), ConnectionResetError)
+    tls, done, _ = exchange()
+    tls.connection_lost(None)
+    assert str(done.exception()) == "connection closed before a complete response"
+    tls, done, _ = exchange()
+    tls.data_received(b"HTTP/1.1 200 OK\r\n\r\nEOF-delimited")
+    assert not done.done()
+    assert tls.eof_received() is False  # our side closes too
+    tls.connection_lost(None)
+    assert done.result() is None
+
+
+def test_a_tls_exchange_with_garbage_is_invalid():
+    tls, done, transport = exchange()
+    tls.data_received(b"SSH-2.0-OpenSSH_9.2\r\n")
+    assert isinstance(done.exception(), InvalidResponse) and transport.aborted == 1
+
+
+def test_a_tls_exchange_that_never_connected_can_be_aborted():
+    loop = asyncio.new_event_loop()
+    try:
+        _TlsExchange(b"", _Response(), loop.create_future()).abort()
+    finally:
+        loop.close()
+
+
+def test_https_names_every_address_that_refused():
+    port = free_port()
+    handler = spec.HttpGet(port=port, scheme=spec.Scheme.HTTPS)
+    result = run(run_probe(probe_of(handler), FakeAccess(addrs=["127.0.0.1", "127.0.0.2"])))
+    assert (result.outcome, result.message) == (
+        Outcome.FAILURE, f"HTTP GET https port {port}: 127.0.0.1:{port}: connection refused; "
+                         f"127.0.0.2:{port}: connection refused")
+
+
+# -- redirects ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("a,b,same", [
+    ("example.com", "example.com", True), ("Example.COM", "example.com", True),
+    ("example.com", "EXAMPLE.com", True), ("[::1]", "::1", True), ("::1", "[::1]", True),
+    ("Xa", "xa", True), ("a", "b", False), ("[::1]", "::2", False),
+])
+def test_same_host_ignores_case_and_ipv6_brackets(a, b, same):
+    assert _same_host(a, b) is same
+
+
+def redirect(location: str, routes=None):
+    return run(http_probe({"/": Route(302, b"", (("Location", location),)), **(routes or {})}))
+
+
+def test_a_redirect_loop_names_the_last_url():
+    result, state = redirect("/")
+    assert result.message == (f"HTTP GET http://127.0.0.1:{state.port}/: stopped after 10 "
+                              "redirects")
+
+
+def test_a_redirect_without_a_host_is_to_another_host():
+    result, state = redirect("https:///elsewhere")
+    assert (result.outcome, result.message) == (
+        Outcome.SUCCESS, f"warning: HTTP 302 from GET http://127.0.0.1:{state.port}/ "
+                         "redirects to another host (); not followed, counted as success")
+
+
+def test_a_redirect_to_another_host_shows_at_most_120_characters_of_its_name():
+    host = "h" * 300 + ".example"
+    result, state = redirect(f"http://{host}/")
+    shown = re.search(r"another host \((.*)\); not followed", result.message).group(1)
+    assert shown == "h" * 120 + "..."
+    assert result.message.startswith(
+        f"warning: HTTP 302 from GET http://127.0.0.1:{state.port}/ redirects")
+
+
+def test_an_invalid_redirect_shows_bounded_excerpts_of_the_error_and_the_location():
+    location = "http://127.0.0.1:" + "9" * 300 + "x/"
+    result, state = redirect(location)
+    match = re.fullmatch(
+        rf"HTTP 302 from GET http://127\.0\.0\.1:{state.port}/: redirect to an invalid URL "
+        r"\((.*)\): (.*)", result.message)
+    assert match, result.message
+    error, shown = match.groups()
+    assert len(error) == 83 and error.endswith("...") and "Port" in error
+    assert shown == location[:120] + "..."
+    assert result.outcome is Outcome.FAILURE
+
+
+def test_a_followed_redirect_keeps_the_characters_a_path_may_hold():
+    path = "/a:b@c!$&'()*+,;=-._~"
+    result, state = redirect(path + "?q=a:b/c", {"/a:b@c!$&'()*+,;=-._~": Route(200)})
+    assert [target for target, _ in state.requests] == ["/", path + "?q=a:b/c"]
+    assert result.message == (f"HTTP 200 from GET http://127.0.0.1:{state.port}{path}"
+                              "?q=a:b/c")
+
+
+def test_a_redirect_to_the_bare_authority_requests_the_root():
+    async def scenario():
+        state, server = await start_http({"/": Route(200)})
+        state.routes["/start"] = Route(302, b"", (
+            ("Location", f"http://127.0.0.1:{state.port}?x=1"),))
+        try:
+            handler = spec.HttpGet(port=state.port, path="/start")
+            return await run_probe(probe_of(handler), FakeAccess()), state
+        finally:
+            server.close()
+    result, state = run(scenario())
+    assert [target for target, _ in state.requests] == ["/start", "/?x=1"]
+    assert result.outcome is Outcome.SUCCESS
