@@ -8,7 +8,7 @@ import asyncio
 import re
 
 import pytest
-from tests.unit.test_probes import (
+from tests.unit.probe_support import (
     FakeAccess,
     Route,
     free_port,

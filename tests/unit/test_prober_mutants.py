@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 
 import pytest
-from tests.unit.test_prober import (
+from tests.unit.prober_support import (
     Access,
     FakeClock,
     Harness,
