@@ -97,6 +97,40 @@ def test_the_connection_closed_before_the_head_is_invalid():
     assert response.complete is False
 
 
+TRUNCATED = "connection closed before the end of the body"
+
+
+@pytest.mark.parametrize("head,error", [
+    (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhalf", TRUNCATED),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nhalf\r\n", TRUNCATED),
+    (b"HTTP/1.1 200 OK\r\nLocation: /x\r\nContent-Length: 10\r\n\r\nhalf", TRUNCATED),
+    (b"HTTP/1.1 302 Found\r\nContent-Length: 10\r\n\r\nhalf", TRUNCATED),
+    (b"HTTP/1.1 400 Bad\r\nLocation: /x\r\nContent-Length: 10\r\n\r\nhalf", TRUNCATED),
+    # A redirect's body is drained and its end does not matter (as in Go's client).
+    (b"HTTP/1.1 300 Choices\r\nLocation: /x\r\nContent-Length: 10\r\n\r\nhalf", None),
+    (b"HTTP/1.1 399 X\r\nLocation: /x\r\nContent-Length: 10\r\n\r\nhalf", None),
+    # Without a length the body ends with the connection.
+    (b"HTTP/1.1 200 OK\r\n\r\nhalf", None),
+])
+def test_the_connection_closed_inside_a_framed_body_is_a_truncated_answer(head, error):
+    response = _Response()
+    assert response.feed(head) is False
+    if error is None:
+        response.end_of_stream()
+        assert response.complete is True
+        return
+    with pytest.raises(InvalidResponse) as caught:
+        response.end_of_stream()
+    assert str(caught.value) == error
+
+
+def test_the_end_of_the_stream_after_a_complete_answer_is_no_error():
+    response = _Response()
+    assert response.feed(answer(200, body=b"whole")) is True
+    response.end_of_stream()
+    assert response.complete is True
+
+
 def test_garbage_is_invalid_and_names_the_parsers_complaint():
     with pytest.raises(InvalidResponse) as caught:
         _Response().feed(b"SSH-2.0-OpenSSH_9.2\r\n")
@@ -229,7 +263,7 @@ def test_https_names_every_address_that_refused():
 @pytest.mark.parametrize("a,b,same", [
     ("example.com", "example.com", True), ("Example.COM", "example.com", True),
     ("example.com", "EXAMPLE.com", True), ("[::1]", "::1", True), ("::1", "[::1]", True),
-    ("Xa", "xa", True), ("a", "b", False), ("[::1]", "::2", False),
+    ("Xa", "xa", True), ("xa", "Xa", True), ("a", "b", False), ("[::1]", "::2", False),
 ])
 def test_same_host_ignores_case_and_ipv6_brackets(a, b, same):
     assert _same_host(a, b) is same

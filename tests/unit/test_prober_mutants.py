@@ -266,21 +266,23 @@ async def test_a_recipe_from_the_spec_host_never_expires():
     await run.prober.stop()
 
 
-@scenario
-async def test_what_is_not_settled_or_not_repeatable_stays_in_python():
-    cases = [
-        LaneRun([F]),  # a failure
-        LaneRun([S], kind=ProbeKind.STARTUP),  # startup ends at its success
-        LaneRun([S], recipe=None),  # the handler cannot repeat it
-        LaneRun([S], recipe=RECIPE._replace(message="another success")),
-        LaneRun([S], lanes=FakeLanes(refuse=True)),  # the engine refused
-    ]
-    for run in cases:
+@pytest.mark.parametrize("outcomes,options,runs", [
+    ([F], {}, 4),  # a failure
+    ([S], {"kind": ProbeKind.STARTUP}, 1),  # startup ends at its success
+    ([S], {"recipe": None}, 4),  # the handler cannot repeat it
+    ([S], {"recipe": RECIPE._replace(message="another success")}, 4),
+    ([S], {"lanes": FakeLanes(refuse=True)}, 4),  # the engine refused
+])
+def test_what_is_not_settled_or_not_repeatable_stays_in_python(outcomes, options, runs):
+    @scenario
+    async def body():
+        run = LaneRun(outcomes, **options)
         run.prober.start()
         await run.clock.advance(3.5)
         assert run.lanes.lanes == {} and run.prober.native_kinds() == set()
-        assert len(run.starter.calls) in (1, 4)  # startup: once; the others every period
+        assert len(run.starter.calls) == runs  # every period, but startup once
         await run.prober.stop()
+    body()
 
 
 @scenario
