@@ -532,9 +532,11 @@ async def test_stop_waits_a_bounded_time_for_a_run_that_will_not_end(monkeypatch
     prober.start()
     await clock.advance(0.1)
     assert len(stubborn) == 1
-    await asyncio.wait_for(prober.stop(), 5)  # returns although the task goes on
-    assert not stubborn[0].done()
-    release.set()
+    try:
+        await asyncio.wait_for(prober.stop(), 5)  # returns although the task goes on
+        assert not stubborn[0].done()
+    finally:
+        release.set()  # whatever happened, the task ends (or the loop could not close)
     await asyncio.wait_for(stubborn[0], 5)
 
 
