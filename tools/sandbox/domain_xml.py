@@ -31,6 +31,8 @@ class GuestSpec:
     # None: no <watchdog> device (e.g. for `vmhealth apply` to add one).
     watchdog_action: str | None = "poweroff"
     memory_mib: int = 224
+    # A qcow2 root disk (virtio, /dev/vda) for a guest booting a whole distribution.
+    disk: str | None = None
     extra_cmdline: tuple[str, ...] = field(default_factory=tuple)
 
     def cmdline(self) -> str:
@@ -85,6 +87,11 @@ def build(spec: GuestSpec, image: GuestImage, console_log: Path, bridge: str) ->
     _sub(domain, "on_crash", "destroy")
 
     devices = _sub(domain, "devices")
+    if spec.disk:
+        disk = _sub(devices, "disk", type="file", device="disk")
+        _sub(disk, "driver", name="qemu", type="qcow2")
+        _sub(disk, "source", file=spec.disk)
+        _sub(disk, "target", dev="vda", bus="virtio")
     serial = _sub(devices, "serial", type="file")
     _sub(serial, "source", path=str(console_log))
     _sub(serial, "target", port="0")

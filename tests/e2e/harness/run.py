@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 import time
 
-from tools.sandbox import namespace, paths
+from tools.sandbox import cloud_image, namespace, paths
 
 DEFAULT_PATH = "tests/e2e"
 
@@ -41,6 +41,8 @@ def main(argv: list[str]) -> int:
         print(f"e2e: wall time {time.monotonic() - start:.1f}s (pytest exited {status}, "
               "sandbox torn down)", file=sys.stderr)
         return status
+    # Needs the network, which the sandbox's namespace does not have.
+    cloud_image.build_if_selected(with_default_path(argv))
     namespace.reexec("tests.e2e.harness.run", argv)
     return 127  # not reached: reexec replaces this process
 

@@ -1,0 +1,299 @@
+"""cloud-init bootstrap on a real first boot: a Debian 12 cloud image, the user data
+`vmhealth cloudinit render` writes, and nothing else.
+
+The image (tools/sandbox/cloud_image.py) has systemd, Debian's kernel, cloud-init and apt,
+but neither qemu-guest-agent nor watchdog: the rendered user data installs them from
+the local mirror the host serves on the sandbox bridge. The test does what a user does:
+`vmhealth apply` the manifest, `vmhealth cloudinit seed DOM --distro debian --attach`,
+start the domain. Everything after that is observed from the host: through the guest
+agent (once the user data has installed it), libvirt's events and the vmhealth daemon.
+
+The tests share one guest and run in order: first boot, the daemon's view, the
+watchdog firing (action poweroff), and a second boot of the same disk and seed.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+
+import libvirt
+import pytest
+import yaml
+
+from tests.ci import missing
+from tools.sandbox import agent as harness_agent
+from tools.sandbox import cloud_image, events
+from tools.sandbox.daemon import DaemonProcess, wait_status
+from tools.sandbox.guests import GuestFactory
+from tools.sandbox.waiting import wait_until
+from vmhealth import seediso
+from vmhealth.guest import edits
+from vmhealth.guest.plan import AGENT_CHANNEL, WATCHDOG_DEVICE
+
+pytestmark = pytest.mark.e2e
+
+NAME = "ci-debian"
+# First boot under TCG: systemd, three cloud-init stages, apt installing two packages.
+FIRST_BOOT_TIMEOUT = 300
+HEALTHY_FILE = "/var/lib/vmhealth/healthy.txt"
+LIVENESS_PERIOD, LIVENESS_FAILURES = 10, 3
+# What `vmhealth cloudinit render` derives from the liveness probe (plan.watchdog_settings).
+WATCHDOG_TIMEOUT = LIVENESS_PERIOD * LIVENESS_FAILURES
+MANIFEST = {
+    "apiVersion": "kubevirt.io/v1",
+    "kind": "VirtualMachineInstance",
+    "metadata": {"name": NAME},
+    "spec": {
+        "domain": {"devices": {"watchdog": {"name": "watchdog",
+                                            "i6300esb": {"action": "poweroff"}}}},
+        # The agent only exists once cloud-init has installed it: liveness waits for it.
+        "startupProbe": {"guestAgentPing": {}, "periodSeconds": 2,
+                         "failureThreshold": FIRST_BOOT_TIMEOUT // 2},
+        "readinessProbe": {"exec": {"command": ["cat", HEALTHY_FILE]},
+                           "periodSeconds": 2, "timeoutSeconds": 5},
+        "livenessProbe": {"guestAgentPing": {}, "periodSeconds": LIVENESS_PERIOD,
+                          "failureThreshold": LIVENESS_FAILURES},
+        "volumes": [{"name": "cloudinitdisk", "cloudInitNoCloud": {"userData": (
+            # The user's own user data, as in KubeVirt's guide: merged, not replaced.
+            "#cloud-config\nruncmd:\n"
+            "  - [mkdir, -p, /var/lib/vmhealth]\n"
+            f"  - [touch, {HEALTHY_FILE}]\n")}}],
+    },
+}
+
+
+def _tools_missing() -> str | None:
+    for tool in ("mmdebstrap", "mkfs.ext4", "qemu-img", "dpkg-scanpackages"):
+        if shutil.which(tool) is None:
+            return f"{tool} is missing: run scripts/install-deps"
+    return None
+
+
+class Booted:
+    """The guest and what the test measured on the way."""
+
+    def __init__(self, guest, daemon: DaemonProcess, image: cloud_image.CloudImage,
+                 requests: list[str], user_data: str) -> None:
+        self.guest = guest
+        self.daemon = daemon
+        self.image = image
+        self.requests = requests
+        self.user_data = user_data
+        self.times: dict[str, float] = {}
+
+    def mark(self, what: str) -> float:
+        elapsed = time.monotonic() - self.guest.started_at
+        self.times[what] = round(elapsed, 1)
+        print(f"\ncloud-init e2e: {what} {elapsed:.1f}s after start")
+        return elapsed
+
+    def run(self, *argv: str, timeout: float = 60) -> str:
+        """A command in the guest (guest-exec); its stdout, or a failure with stderr."""
+        result = self.guest.exec(*argv, timeout=timeout)
+        assert result.exitcode == 0, f"{argv} in the guest: exit {result.exitcode}, " \
+            f"{result.stderr[-2000:]}"
+        return result.stdout
+
+
+@pytest.fixture(scope="module")
+def image(sandbox):
+    reason = _tools_missing()
+    if reason:
+        missing(reason)
+    built = cloud_image.cached()
+    if built is None:
+        missing("the Debian cloud image is not built: tests/e2e/run builds it before "
+                "entering the sandbox (network to deb.debian.org, ~2 min; log: "
+                f"{cloud_image.paths.IMAGES / 'cloud-failed.log'}), or run "
+                "`python -m tools.sandbox.cloud_image`")
+    print(f"\ncloud-init e2e: image {built.directory}")
+    return built
+
+
+@pytest.fixture(scope="module")
+def booted(sandbox, image, recorder):
+    workdir = sandbox.log_dir / "cloudinit"
+    workdir.mkdir(exist_ok=True)
+    daemon = DaemonProcess(workdir, sandbox.uri)
+    daemon.start()
+    factory = GuestFactory(sandbox, events.connect(sandbox.uri), image.boot)
+    disk = cloud_image.overlay(image, workdir / "disk.qcow2")
+    spec = factory.spec(NAME, disk=str(disk), watchdog_action=None, memory_mib=1024,
+                        healthy_file=False,
+                        extra_cmdline=("root=/dev/vda", "rw", "net.ifnames=0"))
+    guest = factory.define(spec)
+    try:
+        manifest = workdir / "manifest.yaml"
+        manifest.write_text(yaml.safe_dump(MANIFEST, sort_keys=False))
+        network = workdir / "network-config"
+        network.write_text(yaml.safe_dump({"version": 1, "config": [{
+            "type": "physical", "name": "eth0", "mac_address": spec.mac,
+            "subnets": [{"type": "static",
+                         "address": f"{spec.ipv4}/{spec.prefix4}"}]}]}))
+        applied = daemon.cli("--connect", sandbox.uri, "apply", NAME, "-f", str(manifest))
+        assert applied.returncode == 0, applied.stderr
+        seed = workdir / "seed.iso"
+        seeded = daemon.cli("--connect", sandbox.uri, "cloudinit", "seed", NAME, "-o",
+                            str(seed), "--distro", "debian", "--network-config",
+                            str(network), "--attach")
+        assert seeded.returncode == 0, seeded.stderr
+        _label, files = seediso.read_iso(seed)
+        with cloud_image.serve_mirror(image) as requests:
+            state = Booted(guest, daemon, image, requests, files["user-data"])
+            guest.start()
+            yield state
+        (workdir / "times.json").write_text(json.dumps(state.times, indent=1) + "\n")
+    finally:
+        factory.cleanup()
+        daemon.stop()
+        print(f"cloud-init e2e: logs in {workdir}, console {guest.console_log}")
+
+
+def _cloud_init_status(booted: Booted) -> dict | None:
+    """`cloud-init status --format json` once cloud-init has finished (else None)."""
+    result = booted.guest.exec("cloud-init", "status", "--format", "json", timeout=60)
+    status = json.loads(result.stdout)
+    return status if status.get("status") in ("done", "error") else None
+
+
+def _wait_cloud_init(booted: Booted, timeout: float) -> dict:
+    booted.guest.wait_for_agent(timeout=timeout)
+    return wait_until(lambda: _cloud_init_status(booted), timeout=timeout, interval=2,
+                      what="cloud-init to finish in the guest")
+
+
+def _feeder(booted: Booted) -> int:
+    """The watchdog daemon's pid, from systemd (0: not running)."""
+    text = booted.run("systemctl", "show", "--property=MainPID", "--value",
+                      "watchdog.service")
+    return int(text.strip() or 0)
+
+
+def _per_instance_markers(booted: Booted) -> dict[str, str]:
+    """cloud-init's per-instance semaphores with their modification times."""
+    listing = booted.run("sh", "-c", 'stat -c "%n %Y" /var/lib/cloud/instance/sem/*')
+    return dict(line.rsplit(" ", 1) for line in listing.splitlines())
+
+
+def _plan_checks(booted: Booted) -> list[str]:
+    """What `vmhealth guest check` checks, run from the host through the agent with the
+    same functions (vmhealth itself is not installed in the guest: the user data
+    installs only what the probes and the watchdog need). Empty: nothing missing."""
+    problems = []
+    for path in (AGENT_CHANNEL, WATCHDOG_DEVICE):
+        if booted.guest.exec("test", "-e", path).exitcode != 0:
+            problems.append(f"{path} missing")
+    agent_pid = booted.run("systemctl", "show", "--property=MainPID", "--value",
+                           "qemu-guest-agent.service").strip()
+    argv = booted.run("cat", f"/proc/{agent_pid}/cmdline").split("\0")
+    problems += edits.exec_blocks_in_args([word for word in argv[1:] if word])
+    conf = booted.run("cat", "/etc/watchdog.conf")
+    problems += edits.edit_watchdog_conf(conf, WATCHDOG_TIMEOUT, WATCHDOG_TIMEOUT // 6)[1]
+    default = booted.run("cat", "/etc/default/watchdog")
+    problems += edits.edit_debian_default(default, "i6300esb")[1]
+    if not _feeder(booted):
+        problems.append("no watchdog daemon")
+    return problems
+
+
+def test_first_boot_runs_the_rendered_user_data(booted):
+    status = _wait_cloud_init(booted, FIRST_BOOT_TIMEOUT)
+    booted.mark("cloud-init finished")
+    assert status["status"] == "done" and status["errors"] == [], status
+    # The packages came from the host's mirror on the bridge, nowhere else.
+    fetched = [line for line in booted.requests if ".deb " in line]
+    assert any("qemu-guest-agent_" in line for line in fetched), booted.requests
+    assert any("watchdog_" in line for line in fetched), booted.requests
+    sources = booted.run("sh", "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* "
+                         "2>/dev/null; true")
+    assert sources.strip() == cloud_image.SOURCES_LIST.strip(), sources
+    # The seed's user data is the product's rendering, and cloud-init ran it.
+    assert "packages: [qemu-guest-agent, watchdog]" in booted.user_data
+    output = booted.run("cat", "/var/log/cloud-init-output.log")
+    assert "vmhealth: /etc/watchdog.conf: set watchdog-device" in output, output[-3000:]
+    # qemu-ga answers and lets guest-exec through (we have been using it).
+    info = harness_agent.command(booted.guest.dom, "guest-info")
+    enabled = {c["name"]: c["enabled"] for c in info["supported_commands"]}
+    assert enabled.get("guest-exec") and enabled.get("guest-exec-status"), enabled
+    # The watchdog daemon runs and holds the i6300esb device open.
+    assert booted.run("systemctl", "is-active", "watchdog.service").strip() == "active"
+    identity = booted.run("cat", "/sys/class/watchdog/watchdog0/identity").strip()
+    assert identity == "i6300ESB timer", identity
+    assert booted.run("cat", "/sys/class/watchdog/watchdog0/timeout").strip() == \
+        str(WATCHDOG_TIMEOUT)
+    pid = _feeder(booted)
+    fds = booted.run("sh", "-c", 'ls -l /proc/"$1"/fd', "sh", str(pid))
+    assert "/dev/watchdog" in fds, fds
+    assert _plan_checks(booted) == []
+
+
+def test_daemon_adopts_and_reports_ready_and_live(booted):
+    entry = wait_status(booted.daemon, NAME, "ready and live",
+                        lambda e: e["ready"] and e["live"] and e["state"] == "running",
+                        timeout=FIRST_BOOT_TIMEOUT)
+    booted.mark("vmhealth ready and live")
+    assert entry["probes"]["readiness"]["lastResult"]["outcome"] == "success", entry
+    types = [e["type"] for e in booted.daemon.client.events(domain=NAME)]
+    assert "Adopted" in types, types
+
+
+def test_watchdog_fires_when_the_feeder_stops(booted, recorder):
+    """The i6300esb fires once the daemon stops feeding it: its feeds kept the guest
+    up for longer than the timeout, then a frozen daemon lets libvirt power it off.
+
+    The daemon is frozen (SIGSTOP), not killed: Debian's watchdog.service has
+    OnFailure=wd_keepalive.service, so a killed daemon is replaced by wd_keepalive,
+    which goes on feeding the device (as a hung guest could not)."""
+    _wait_cloud_init(booted, FIRST_BOOT_TIMEOUT)
+    pid = _feeder(booted)
+    # Fed for longer than one timeout: the feeds, not luck, keep the guest running.
+    wait_until(lambda: int(booted.run("ps", "-o", "etimes=", "-p", str(pid)))
+               > WATCHDOG_TIMEOUT, timeout=WATCHDOG_TIMEOUT + 30, interval=2,
+               what="the watchdog daemon to have run longer than its timeout")
+    booted.first_boot = {"markers": _per_instance_markers(booted),
+                         "instance": booted.run("cat", "/var/lib/cloud/data/instance-id")}
+    booted.run("kill", "-STOP", str(pid))
+    stopped = time.monotonic()
+    recorder.wait_for(NAME, "watchdog", libvirt.VIR_DOMAIN_EVENT_WATCHDOG_POWEROFF,
+                      timeout=WATCHDOG_TIMEOUT + 30)
+    fired = time.monotonic() - stopped
+    print(f"\ncloud-init e2e: watchdog poweroff {fired:.1f}s after the feeder stopped")
+    assert fired > WATCHDOG_TIMEOUT - 12, "the watchdog fired before its timeout"
+
+    def shown() -> bool:
+        text = booted.daemon.cli("events", "--domain", NAME).stdout
+        return "Watchdog" in text and "poweroff" in text
+    wait_until(shown, timeout=30, what="the Watchdog event in `vmhealth events`")
+    booted.guest.wait_for_state(libvirt.VIR_DOMAIN_SHUTOFF, timeout=30)
+
+
+def test_second_boot_changes_nothing(booted):
+    first = getattr(booted, "first_boot", None)
+    if first is None:
+        pytest.fail("the watchdog test did not power the guest off (see above)")
+    booted.guest.start()  # the same disk and seed: the same instance
+    status = _wait_cloud_init(booted, FIRST_BOOT_TIMEOUT)
+    booted.mark("second boot: cloud-init finished")
+    assert status["status"] == "done" and status["errors"] == [], status
+    assert booted.run("cat", "/var/lib/cloud/data/instance-id") == first["instance"]
+    # No per-instance module ran again: every semaphore is as the first boot left it.
+    assert _per_instance_markers(booted) == first["markers"]
+    # The user data's commands (and the package install) ran once, in the first boot.
+    output = booted.run("cat", "/var/log/cloud-init-output.log")
+    assert output.count("vmhealth: /etc/watchdog.conf: set watchdog-device") == 1
+    # The guest came back as configured: agent, watchdog daemon, and nothing missing.
+    wait_until(lambda: _feeder(booted), timeout=60, what="the watchdog daemon to start")
+    assert _plan_checks(booted) == []
+    wait_status(booted.daemon, NAME, "ready again in the second boot",
+                lambda e: e["ready"] and e["live"], timeout=FIRST_BOOT_TIMEOUT)
+    booted.mark("second boot: vmhealth ready")
+
+
+def test_image_cache_key_names_the_package_versions(image):
+    key_text = (image.directory / "key.txt").read_text()
+    for package in (*cloud_image.IMAGE_PACKAGES, *cloud_image.MIRROR_PACKAGES):
+        assert f"\n{package}=" in "\n" + key_text, key_text
+    assert not (Path(image.directory) / "root").exists()
