@@ -42,16 +42,16 @@
  *
  * Threading. One engine thread runs an epoll loop and a timer heap; it never touches
  * Python objects and never takes the GIL. What the engine thread and Python share
- * (the lane table, the queues between them, the reports, the silent counts, the
- * lateness histogram) is guarded by one mutex, which is never held while a socket is
- * read or an answer parsed, and every Python-facing call waits for it with the GIL
- * released and builds Python objects only after copying its data out. Everything
- * else of a lane (its socket, parser, timers) belongs to the engine thread alone:
- * Python adds lanes through an incoming queue and drops them through a dropped
- * queue, which the engine takes at the start of each turn, and only the engine
- * thread frees a lane (at the end of a turn, so no pointer to it is left in the
- * turn's epoll events or ready list). Handbacks are queued and announced on an
- * eventfd that the asyncio loop watches.
+ * (the lane table, the queues between them, the reports, the silent counts) is
+ * guarded by one mutex, which is never held while a socket is read or an answer
+ * parsed, and every Python-facing call waits for it with the GIL released and builds
+ * Python objects only after copying its data out. Everything else of a lane (its
+ * socket, parser, timers) belongs to the engine thread alone: Python adds lanes
+ * through an incoming queue and drops them through a dropped queue, which the engine
+ * takes at the start of each turn, and only the engine thread frees a lane (at the
+ * end of a turn, so no pointer to it is left in the turn's epoll events or ready
+ * list). Handbacks are queued and announced on an eventfd that the asyncio loop
+ * watches.
  *
  * Allocation never fails halfway: an offload reserves the report its lane may end
  * with, the engine grows its timer heap when it adopts a lane (a lane it cannot
@@ -95,8 +95,6 @@
 #define READ_BUDGET_BYTES (16 * 1024)  /* read from one socket per loop turn */
 #define GRAIN_SECONDS 0.005            /* ticks are batched on a 5 ms grid, as in Python */
 #define MAX_WAIT_MS 1000               /* epoll_wait never waits longer than this */
-#define LATE_BUCKET_SECONDS 0.00025    /* lateness histogram: 0.25 ms buckets ... */
-#define LATE_BUCKETS 400               /* ... up to 100 ms, plus one overflow bucket */
 #define MAX_BOUNDS 32
 #define MAX_EVENTS 256
 
@@ -187,7 +185,6 @@ typedef struct {
     size_t nreports, reports_cap;
     size_t reports_reserved;  /* live + nreports: a handback never needs to allocate */
     int taking_reports;
-    uint64_t late[LATE_BUCKETS + 1];
     /* -- the engine thread's alone -- */
     lane_t **heap;
     size_t heap_len, heap_cap;
@@ -622,13 +619,6 @@ static void run_due(Engine *e, double now) {
             hand_back(e, lane, REASON_STALE, now);
             continue;
         }
-        double late = now - lane->tick;
-        size_t bucket = late <= 0 ? 0
-                      : late >= LATE_BUCKETS * LATE_BUCKET_SECONDS ? LATE_BUCKETS
-                      : (size_t)(late / LATE_BUCKET_SECONDS);
-        pthread_mutex_lock(&e->mu);
-        e->late[bucket]++;
-        pthread_mutex_unlock(&e->mu);
         start_attempt(e, lane, now);
     }
 }
@@ -1297,42 +1287,6 @@ static PyObject *engine_fold(Engine *e, PyObject *arg) {
     return out;
 }
 
-typedef struct {
-    int reset;
-    uint64_t late[LATE_BUCKETS + 1];
-} lateness_op;
-
-static int lateness_locked(Engine *e, void *arg) {
-    lateness_op *op = arg;
-    memcpy(op->late, e->late, sizeof op->late);
-    if (op->reset)
-        memset(e->late, 0, sizeof e->late);
-    return OP_OK;
-}
-
-static PyObject *engine_lateness(Engine *e, PyObject *args, PyObject *kwds) {
-    static char *kwlist[] = {"reset", NULL};
-    lateness_op op = {0};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "|p", kwlist, &op.reset))
-        return NULL;
-    if (check_open(e) < 0)
-        return NULL;
-    if (op_failed(with_lock(e, lateness_locked, &op)))
-        return NULL;
-    PyObject *buckets = PyTuple_New(LATE_BUCKETS + 1);
-    if (buckets == NULL)
-        return NULL;
-    for (int i = 0; i <= LATE_BUCKETS; i++) {
-        PyObject *count = PyLong_FromUnsignedLongLong(op.late[i]);
-        if (count == NULL) {
-            Py_DECREF(buckets);
-            return NULL;
-        }
-        PyTuple_SET_ITEM(buckets, i, count);
-    }
-    return Py_BuildValue("(dN)", LATE_BUCKET_SECONDS, buckets);
-}
-
 static PyObject *engine_fileno(Engine *e, PyObject *unused) {
     (void)unused;
     if (check_open(e) < 0)
@@ -1370,8 +1324,6 @@ static PyMethodDef engine_methods[] = {
      "take_reports() -> [(id, reason, tick, started_wall, duration, counts)]: lanes ended."},
     {"fold", (PyCFunction)engine_fold, METH_O,
      "fold(id or None) -> [(id, counts)]: silent successes since the last fold."},
-    {"lateness", (PyCFunction)(void (*)(void))engine_lateness, METH_VARARGS | METH_KEYWORDS,
-     "lateness(reset=False) -> (bucket_seconds, counts): how late ticks started."},
     {"fileno", (PyCFunction)engine_fileno, METH_NOARGS,
      "The eventfd that becomes readable when reports are waiting."},
     {"close", (PyCFunction)engine_close, METH_NOARGS,

@@ -161,10 +161,6 @@ class NativeLanes:
             if owner is not None:
                 owner.lane_counts(_silent(counts))  # type: ignore[arg-type]
 
-    def lateness(self, *, reset: bool = False) -> tuple[float, tuple[int, ...]]:
-        """(bucket width in seconds, counts): how late the engine started its ticks."""
-        return self._engine.lateness(reset=reset)  # type: ignore[attr-defined]
-
     def _take_reports(self) -> None:
         for lane, reason, tick, started_at, duration, counts in \
                 self._engine.take_reports():  # type: ignore[attr-defined]
