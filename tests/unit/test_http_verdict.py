@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import re
+import socket
+import struct
 
 import pytest
 from tests.unit.probe_support import (
@@ -13,6 +15,7 @@ from tests.unit.probe_support import (
     Route,
     free_port,
     http_probe,
+    probe_against,
     probe_of,
     run,
     start_http,
@@ -20,13 +23,16 @@ from tests.unit.probe_support import (
 
 from vmhealth import spec
 from vmhealth.monitor.interfaces import Outcome
-from vmhealth.monitor.probes import run_probe
+from vmhealth.monitor.probes import run_probe, starter_for
 from vmhealth.monitor.probes.http import (
     MAX_HEAD_BYTES,
+    HttpProbeStarter,
     InvalidResponse,
+    _authority,
     _Response,
     _same_host,
     _TlsExchange,
+    _without_zone,
 )
 
 HEAD_LIMIT = "invalid HTTP response (status line and headers over 64 KiB)"
@@ -134,7 +140,37 @@ def test_the_end_of_the_stream_after_a_complete_answer_is_no_error():
 def test_garbage_is_invalid_and_names_the_parsers_complaint():
     with pytest.raises(InvalidResponse) as caught:
         _Response().feed(b"SSH-2.0-OpenSSH_9.2\r\n")
-    assert re.fullmatch(r"invalid HTTP response \(.+\)", str(caught.value))
+    assert str(caught.value) == "invalid HTTP response (Expected HTTP/, RTSP/ or ICE/)"
+
+
+def test_only_a_length_or_chunked_transfer_frames_the_body():
+    response = _Response()
+    response.feed(b"HTTP/1.1 200 OK\r\nX-Mode: chunked\r\nTransfer-Encoding: identity"
+                  b"\r\n\r\nuntil the end")
+    response.end_of_stream()  # an EOF-delimited body: complete
+    assert response.complete is True
+
+
+def test_an_interim_answers_length_does_not_frame_the_final_body():
+    response = _Response()
+    response.feed(b"HTTP/1.1 103 Early Hints\r\nContent-Length: 0\r\n\r\n"
+                  b"HTTP/1.1 200 OK\r\n\r\nuntil the end")
+    response.end_of_stream()
+    assert response.complete is True and response.status == 200
+
+
+def test_a_head_that_fills_the_limit_exactly_fails_only_at_the_next_byte():
+    unfinished = b"HTTP/1.1 200 OK\r\nX-Pad: " + b"a" * MAX_HEAD_BYTES
+    response = _Response()
+    assert response.feed(unfinished[:MAX_HEAD_BYTES]) is False
+    with pytest.raises(InvalidResponse) as caught:
+        response.end_of_stream()
+    assert str(caught.value) == "connection closed before a complete response"
+    response = _Response()
+    response.feed(unfinished[:MAX_HEAD_BYTES])
+    with pytest.raises(InvalidResponse) as caught:
+        response.feed(b"a")
+    assert str(caught.value) == HEAD_LIMIT
 
 
 def test_bytes_after_a_complete_answer_change_nothing():
@@ -329,3 +365,97 @@ def test_a_redirect_to_the_bare_authority_requests_the_root():
     result, state = run(scenario())
     assert [target for target, _ in state.requests] == ["/start", "/?x=1"]
     assert result.outcome is Outcome.SUCCESS
+
+
+def test_a_redirect_is_any_3xx_with_a_location_and_only_that():
+    for status, outcome in ((300, Outcome.FAILURE), (399, Outcome.FAILURE),
+                            (400, Outcome.FAILURE), (301, Outcome.FAILURE)):
+        routes = {"/": Route(status, b"", (("Location", "/next"),)), "/next": Route(500)}
+        result, state = run(http_probe(routes))
+        followed = [target for target, _ in state.requests] == ["/", "/next"]
+        assert followed is (status != 400), (status, state.requests)
+        assert result.outcome is outcome
+        assert result.message.startswith("HTTP 500" if followed else "HTTP 400")
+
+
+def test_a_success_is_repeatable_only_below_300_and_without_redirects():
+    async def scenario():
+        state, server = await start_http({"/ok": Route(299), "/more": Route(300),
+                                           "/moved": Route(302, b"", (("Location", "/ok"),))})
+        try:
+            recipes = {}
+            for path in ("/ok", "/more", "/moved"):
+                starter = starter_for(probe_of(spec.HttpGet(port=state.port, path=path)))
+                done = asyncio.get_running_loop().create_future()
+                starter(FakeAccess(), done.set_result)
+                result = await asyncio.wait_for(done, 5)
+                recipes[path] = (result.outcome, starter.repeatable)
+            return recipes
+        finally:
+            server.close()
+    recipes = run(scenario())
+    assert {path: outcome for path, (outcome, _) in recipes.items()} == dict.fromkeys(
+        recipes, Outcome.SUCCESS)
+    assert recipes["/ok"][1].status == 299 and recipes["/ok"][1].message.startswith(
+        "HTTP 299 from GET")
+    assert recipes["/more"][1] is None and recipes["/moved"][1] is None
+
+
+def test_a_connection_reset_after_the_request_names_the_error_plainly():
+    async def reset(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER,
+                                                   struct.pack("ii", 1, 0))
+        writer.transport.abort()
+
+    async def scenario():
+        ports = []
+
+        def handler(port):
+            ports.append(port)
+            return spec.HttpGet(port=port)
+        return await probe_against(reset, handler), ports[0]
+    result, port = run(scenario())
+    assert (result.outcome, result.message) == (
+        Outcome.FAILURE, f"HTTP GET http port {port}: connection reset by peer")
+
+
+def test_a_long_url_of_the_spec_is_shown_whole():
+    path = "/" + "p" * 300
+    result, state = run(http_probe({path: Route(200)}, {"path": path}))
+    assert result.message == f"HTTP 200 from GET http://127.0.0.1:{state.port}{path}"
+
+
+# -- request building -----------------------------------------------------------------
+
+@pytest.mark.parametrize("given,sent", [
+    ("[fe80::1%eth0]:8080", "[fe80::1]:8080"), ("[fe80::1%a%b]:80", "[fe80::1]:80"),
+    ("fe80::1%eth0", "fe80::1"), ("%]:80", "]:80"), ("[a]b%c]:80", "[a]b]:80"),
+    ("[a%b]c]", "[a]c]"), ("host:80", "host:80"), ("[::1]:80", "[::1]:80"),
+])
+def test_a_zone_is_dropped_from_the_host_header(given, sent):
+    assert _without_zone(given) == sent
+
+
+@pytest.mark.parametrize("host,port,scheme,authority", [
+    ("10.0.0.1", 80, "http", "10.0.0.1"), ("10.0.0.1", 443, "http", "10.0.0.1:443"),
+    ("::1", 443, "https", "[::1]"), ("::1", 8443, "https", "[::1]:8443"),
+])
+def test_the_authority_leaves_out_the_schemes_default_port(host, port, scheme, authority):
+    assert _authority(host, port, scheme) == authority
+
+
+def test_requests_are_kept_per_target_up_to_65():
+    starter = HttpProbeStarter(probe_of(spec.HttpGet(port=80)))
+    first = starter.request("http", "10.0.0.1", 80, "/")
+    assert starter.request("http", "10.0.0.1", 80, "/") is first
+    assert starter.request("http", "10.0.0.1", 80, "/", keep=False) is first  # found
+    assert starter.request("http", "10.0.0.2", 80, "/", keep=False) is not (
+        starter.request("http", "10.0.0.2", 80, "/", keep=False))
+    for i in range(2, 65):
+        starter.request("http", f"10.0.1.{i}", 80, "/")
+    assert starter.request("http", "10.0.0.1", 80, "/") is first  # 64 kept: no room made
+    starter.request("http", "10.0.2.1", 80, "/")  # the 65th
+    assert starter.request("http", "10.0.0.1", 80, "/") is first
+    starter.request("http", "10.0.2.2", 80, "/")  # the 66th: the others are dropped
+    assert starter.request("http", "10.0.0.1", 80, "/") is not first
