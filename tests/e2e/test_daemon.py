@@ -111,8 +111,9 @@ def test_tcp_readiness_ready_once_the_guest_listens(daemon, guests):
     # status shows its successes arriving.
     _wait_in_native_lane(daemon, "dmn-web", "readiness", "liveness")
     first = daemon.status("dmn-web")["probes"]["readiness"]["lastResult"]
-    time.sleep(2.5)
-    entry = daemon.status("dmn-web")
+    entry = wait_status(daemon, "dmn-web", "the lane's successes in the status",
+                        lambda e: e["probes"]["readiness"]["lastResult"]["time"]
+                        >= first["time"] + 1.5, timeout=30)
     later = entry["probes"]["readiness"]["lastResult"]
     assert entry["ready"] and entry["probes"]["readiness"]["nativeLane"]
     assert later["outcome"] == "success" and later["time"] >= first["time"] + 1.5
