@@ -134,8 +134,6 @@ class FloorProbing:
 
     def tick(self, slot: int) -> None:
         loop = asyncio.get_running_loop()
-        if self.tally.measuring:
-            self.tally.lateness.append(loop.time() - (self.t0 + slot * SLOT))
         for domain in self.slots.get(slot % self.per_second, ()):
             Connection(self.sockets, self.ports[domain], REQUEST, self.tally, "readiness")
             Connection(self.sockets, self.ports[domain], None, self.tally, "liveness")

@@ -5,6 +5,15 @@ arrives, and is closed; a bare TCP connect (the liveness probe) just sees the cl
 Several ports spread the connections over more address/port pairs, as many guests
 would. Prints the ports as one JSON line, then serves until stdin closes or
 --max-seconds pass (the benchmark never leaves it behind).
+
+The targets are also where the benchmark times the probes, from outside the daemon:
+while recording, each HTTP request is noted as (path, arrival), the arrival being
+time.monotonic() (the same clock as the daemon's event loop) when the connection was
+accepted. Two paths, on any port, control that and are never recorded themselves:
+
+- `GET /_arrivals/start`: forget what was recorded and record from now;
+- `GET /_arrivals/take`: stop recording and answer `{"arrivals": {path: [seconds,
+  ...]}, "dropped": n}` (at most MAX_ARRIVALS are kept; n were not).
 """
 
 from __future__ import annotations
@@ -13,21 +22,74 @@ import argparse
 import asyncio
 import json
 import sys
+import time
 
 RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n"
             b"Connection: close\r\n\r\nok")
+START, TAKE = b"/_arrivals/start", b"/_arrivals/take"
+MAX_ARRIVALS = 2_000_000  # ~ half an hour at 1,000 a second: a soak never records
+
+
+class Arrivals:
+    """The recorder all ports share."""
+
+    def __init__(self) -> None:
+        self.recording = False
+        self.by_path: dict[bytes, list[float]] = {}
+        self.kept = self.dropped = 0
+
+    def start(self) -> bytes:
+        self.by_path, self.kept, self.dropped = {}, 0, 0
+        self.recording = True
+        return RESPONSE
+
+    def note(self, path: bytes, arrived: float) -> None:
+        if not self.recording:
+            return
+        if self.kept >= MAX_ARRIVALS:
+            self.dropped += 1
+            return
+        self.kept += 1
+        times = self.by_path.get(path)
+        if times is None:
+            times = self.by_path[path] = []
+        times.append(arrived)
+
+    def take(self) -> bytes:
+        self.recording = False
+        body = json.dumps({
+            "arrivals": {path.decode("ascii", "replace"): times
+                         for path, times in self.by_path.items()},
+            "dropped": self.dropped}).encode()
+        self.by_path, self.kept, self.dropped = {}, 0, 0
+        return (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body)
+
+
+ARRIVALS = Arrivals()
 
 
 class Target(asyncio.Protocol):
     def connection_made(self, transport):
+        self.arrived = time.monotonic()
         self.transport = transport
         self.head = b""
 
     def data_received(self, data):
         self.head += data
-        if b"\r\n\r\n" in self.head:
-            self.transport.write(RESPONSE)
-            self.transport.close()
+        if b"\r\n\r\n" not in self.head:
+            return
+        request_line = self.head.split(b"\r\n", 1)[0].split(b" ")
+        path = request_line[1] if len(request_line) == 3 else b""
+        if path == START:
+            answer = ARRIVALS.start()
+        elif path == TAKE:
+            answer = ARRIVALS.take()
+        else:
+            ARRIVALS.note(path, self.arrived)
+            answer = RESPONSE
+        self.transport.write(answer)
+        self.transport.close()
 
 
 async def serve(port_count: int, max_seconds: float) -> None:
