@@ -26,11 +26,15 @@ from vmhealth.monitor.interfaces import Outcome
 from vmhealth.monitor.probes import run_probe, starter_for
 from vmhealth.monitor.probes.http import (
     MAX_HEAD_BYTES,
+    USER_AGENT,
     HttpProbeStarter,
     InvalidResponse,
     _authority,
+    _build_request,
     _Response,
     _same_host,
+    _server_name,
+    _split_host_port,
     _TlsExchange,
     _without_zone,
 )
@@ -459,3 +463,58 @@ def test_requests_are_kept_per_target_up_to_65():
     assert starter.request("http", "10.0.0.1", 80, "/") is first
     starter.request("http", "10.0.2.2", 80, "/")  # the 66th: the others are dropped
     assert starter.request("http", "10.0.0.1", 80, "/") is not first
+
+
+@pytest.mark.parametrize("value,parts", [
+    ("[::1]:80", ("::1", ":80")), ("[]:80", ("", ":80")), ("[::1]]:80", ("::1", "]:80")),
+    ("[::1", ("[::1", "")), ("::1", ("::1", "")), ("h:80", ("h", ":80")), ("h", ("h", "")),
+])
+def test_a_host_headers_host_and_port(value, parts):
+    assert _split_host_port(value) == parts
+
+
+@pytest.mark.parametrize("host,name", [
+    ("example.com:8443", "example.com"), ("guest.invalid", "guest.invalid"),
+    ("10.0.0.1", ""), ("[::1]:443", ""), ("fe80::1%a%b", ""),
+    ("[fe80::1%nosuchif]:443", ""), ("", ""),
+])
+def test_the_tls_server_name_is_a_name_never_an_address(host, name):
+    assert _server_name(host) == name
+
+
+def test_a_starter_begins_with_nothing_to_repeat_and_no_server_name():
+    starter = HttpProbeStarter(probe_of(spec.HttpGet(port=443, scheme=spec.Scheme.HTTPS)))
+    assert starter.repeatable is None and starter.server_name == ""
+    named = HttpProbeStarter(probe_of(spec.HttpGet(port=443, host="db.example")))
+    assert named.server_name == "db.example"
+    given = HttpProbeStarter(probe_of(spec.HttpGet(
+        port=443, host="db.example", http_headers=(("Host", "[fe80::1%a%b]:8443"),))))
+    assert given.server_name == ""
+    assert b"\r\nHost: [fe80::1]:8443\r\n" in given.request("https", "10.0.0.1", 443, "/")[0]
+
+
+def test_the_request_ends_its_head_closing_the_connection():
+    request = _build_request(spec.HttpGet(port=80), "/", "10.0.0.1")
+    assert request == (b"GET / HTTP/1.1\r\nHost: 10.0.0.1\r\nUser-Agent: "
+                       + USER_AGENT.encode() + b"\r\nAccept: */*\r\nConnection: close"
+                       b"\r\n\r\n")
+
+
+@pytest.mark.parametrize("headers,target,error", [
+    ((), "/a b", "the request path contains spaces or control characters"),
+    ((), "/a\x00", "the request path contains spaces or control characters"),
+    ((("X-A", "1"), ("X B", "2")), "/", "httpHeaders[1].name is not a valid HTTP header name"),
+    ((("X-A", "1\r\nX-B: 2"),), "/", "httpHeaders[0].value contains line breaks"),
+])
+def test_a_request_that_cannot_be_built_names_the_part_never_the_value(headers, target,
+                                                                        error):
+    with pytest.raises(ValueError) as caught:
+        _build_request(spec.HttpGet(port=80, http_headers=headers), target, "10.0.0.1")
+    assert str(caught.value) == error
+
+
+def test_a_bad_header_ends_the_run_as_an_error_before_any_connection():
+    handler = spec.HttpGet(port=free_port(), http_headers=(("X-A", "1\n2"),))
+    result = run(run_probe(probe_of(handler), FakeAccess()))
+    assert (result.outcome, result.message) == (
+        Outcome.ERROR, "cannot build the request: httpHeaders[0].value contains line breaks")
