@@ -3,8 +3,9 @@
 All but `daemon` talk to the running daemon over its API socket. Exit codes as
 vmhealth.cli_context says: 0 ok, 1 not ready/not live/failed/unreachable/timed out,
 2 bad usage or configuration. `vmhealth status DOMAIN` exits 1 unless the domain is
-live and ready, so a cluster manager (Pacemaker VirtualDomain's monitor_scripts) can
-call it as is.
+live and ready; a cluster's monitor (Pacemaker VirtualDomain's monitor_scripts) calls
+`vmhealth check --liveness` instead (cli_check, docs/cluster.md), which neither
+readiness nor an unreachable daemon fails.
 
 Everything shown from the daemon (reasons, messages, names, its errors) is printed
 through vmhealth.terminal, which escapes control characters: it may quote a guest.
