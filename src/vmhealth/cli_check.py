@@ -175,3 +175,10 @@ def cluster_conflicts(spec: Any) -> list[str]:
         problems.append(f"runStrategy: {spec.run_strategy.value}: vmhealth would start "
                         "the domain again after a stop the cluster made; use Manual")
     return problems
+
+
+if __name__ == "__main__":
+    # `python3 -m vmhealth.cli_check [DOMAIN] --liveness`: the same command without
+    # importing the other commands (about half the CPU of `vmhealth check`,
+    # benchmarks/bench_check.py), for monitors that run it every few seconds.
+    check_command(prog_name="vmhealth check")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import socket
 import socketserver
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -193,3 +195,20 @@ def test_a_status_of_another_shape_never_fails_the_monitor(api, probes):
     api.answer("web1", entry(probes))
     result = check(api, "web1", "--liveness")
     assert result.exit_code == 0, (result.stdout, result.stderr, result.exception)
+
+
+def test_python_m_cli_check_is_the_same_command(api):
+    """`python3 -m vmhealth.cli_check`: the cheaper form for monitors (docs/cluster.md)."""
+    api.answer("web1", entry({"liveness": FAILED}))
+    socket_path = api.server.server_address
+    command = [sys.executable, "-I", "-m", "vmhealth.cli_check"]
+    failed = subprocess.run([*command, "web1", "--liveness", "--socket", socket_path],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert failed.returncode == 1 and "liveness FAILED" in failed.stdout
+    unreachable = subprocess.run([*command, "web1", "--liveness", "--socket",
+                                  socket_path + ".gone"],
+                                 capture_output=True, text=True, timeout=60, check=False)
+    assert unreachable.returncode == 0 and "liveness unknown" in unreachable.stderr
+    usage = subprocess.run([*command, "web1"], capture_output=True, text=True, timeout=60,
+                           check=False)
+    assert usage.returncode == 2 and "--liveness" in usage.stderr
