@@ -30,6 +30,7 @@ from tools.sandbox.daemon import DaemonProcess, wait_status
 from tools.sandbox.guests import GuestFactory
 from tools.sandbox.waiting import wait_until
 from vmhealth import seediso
+from vmhealth.excerpt import excerpt
 from vmhealth.guest import edits
 from vmhealth.guest.plan import AGENT_CHANNEL, WATCHDOG_DEVICE
 
@@ -94,7 +95,7 @@ class Booted:
         """A command in the guest (guest-exec); its stdout, or a failure with stderr."""
         result = self.guest.exec(*argv, timeout=timeout)
         assert result.exitcode == 0, f"{argv} in the guest: exit {result.exitcode}, " \
-            f"{result.stderr[-2000:]}"
+            f"{excerpt(result.stderr, 2000)}"
         return result.stdout
 
 
@@ -202,32 +203,34 @@ def _plan_checks(booted: Booted) -> list[str]:
 def test_first_boot_runs_the_rendered_user_data(booted):
     status = _wait_cloud_init(booted, FIRST_BOOT_TIMEOUT)
     booted.mark("cloud-init finished")
-    assert status["status"] == "done" and status["errors"] == [], status
+    assert status["status"] == "done" and status["errors"] == [], excerpt(status, 4000)
     # The packages came from the host's mirror on the bridge, nowhere else.
     fetched = [line for line in booted.requests if ".deb " in line]
     assert any("qemu-guest-agent_" in line for line in fetched), booted.requests
     assert any("watchdog_" in line for line in fetched), booted.requests
     sources = booted.run("sh", "-c", "cat /etc/apt/sources.list /etc/apt/sources.list.d/* "
                          "2>/dev/null; true")
-    assert sources.strip() == cloud_image.SOURCES_LIST.strip(), sources
+    assert sources.strip() == cloud_image.SOURCES_LIST.strip(), excerpt(sources)
     # The seed's user data is the product's rendering, and cloud-init ran it.
     assert "packages: [qemu-guest-agent, watchdog]" in booted.user_data
     output = booted.run("cat", "/var/log/cloud-init-output.log")
-    assert "vmhealth: /etc/watchdog.conf: set watchdog-device" in output, output[-3000:]
+    assert "vmhealth: /etc/watchdog.conf: set watchdog-device" in output, \
+        excerpt(output[-3000:], 3000)
     # qemu-ga answers and lets guest-exec through (we have been using it).
     info = harness_agent.command(booted.guest.dom, "guest-info")
     enabled = {c["name"]: c["enabled"] for c in info["supported_commands"]}
-    assert enabled.get("guest-exec") and enabled.get("guest-exec-status"), enabled
+    assert enabled.get("guest-exec") and enabled.get("guest-exec-status"), excerpt(enabled)
     # The watchdog daemon runs and holds the i6300esb device open.
     assert booted.run("systemctl", "is-active", "watchdog.service").strip() == "active"
     identity = booted.run("cat", "/sys/class/watchdog/watchdog0/identity").strip()
-    assert identity == "i6300ESB timer", identity
+    assert identity == "i6300ESB timer", excerpt(identity)
     assert booted.run("cat", "/sys/class/watchdog/watchdog0/timeout").strip() == \
         str(WATCHDOG_TIMEOUT)
     pid = _feeder(booted)
     fds = booted.run("sh", "-c", 'ls -l /proc/"$1"/fd', "sh", str(pid))
-    assert "/dev/watchdog" in fds, fds
-    assert _plan_checks(booted) == []
+    assert "/dev/watchdog" in fds, excerpt(fds, 1000)
+    problems = _plan_checks(booted)
+    assert not problems, excerpt(problems, 2000)
 
 
 def test_daemon_adopts_and_reports_ready_and_live(booted):
@@ -277,7 +280,7 @@ def test_second_boot_changes_nothing(booted):
     booted.guest.start()  # the same disk and seed: the same instance
     status = _wait_cloud_init(booted, FIRST_BOOT_TIMEOUT)
     booted.mark("second boot: cloud-init finished")
-    assert status["status"] == "done" and status["errors"] == [], status
+    assert status["status"] == "done" and status["errors"] == [], excerpt(status, 4000)
     assert booted.run("cat", "/var/lib/cloud/data/instance-id") == first["instance"]
     # No per-instance module ran again: every semaphore is as the first boot left it.
     assert _per_instance_markers(booted) == first["markers"]
@@ -286,7 +289,8 @@ def test_second_boot_changes_nothing(booted):
     assert output.count("vmhealth: /etc/watchdog.conf: set watchdog-device") == 1
     # The guest came back as configured: agent, watchdog daemon, and nothing missing.
     wait_until(lambda: _feeder(booted), timeout=60, what="the watchdog daemon to start")
-    assert _plan_checks(booted) == []
+    problems = _plan_checks(booted)
+    assert not problems, excerpt(problems, 2000)
     wait_status(booted.daemon, NAME, "ready again in the second boot",
                 lambda e: e["ready"] and e["live"], timeout=FIRST_BOOT_TIMEOUT)
     booted.mark("second boot: vmhealth ready")
