@@ -108,7 +108,7 @@ def image(sandbox):
     if built is None:
         missing("the Debian cloud image is not built: tests/e2e/run builds it before "
                 "entering the sandbox (network to deb.debian.org, ~2 min; log: "
-                f"{cloud_image.paths.IMAGES / 'cloud-failed.log'}), or run "
+                f"{cloud_image.paths.IMAGES / cloud_image.FAILED_LOG}), or run "
                 "`python -m tools.sandbox.cloud_image`")
     print(f"\ncloud-init e2e: image {built.directory}")
     return built

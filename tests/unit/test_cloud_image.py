@@ -70,3 +70,15 @@ def test_guest_with_a_disk_boots_it_as_vda(tmp_path):
         domain_xml.GuestSpec(name="g", mac="52:54:00:d5:00:01", ipv4="192.168.213.10"),
         image, tmp_path / "console.log", "br0"))
     assert plain.findall("devices/disk") == []
+
+
+def test_a_failed_build_keeps_its_log_and_nothing_else(monkeypatch, tmp_path):
+    def broken(work, _key_text):
+        (work / "build.log").write_text("E: apt-get update failed\n")
+        raise RuntimeError("mmdebstrap failed (25)")
+    monkeypatch.setattr(cloud_image, "cache_key", lambda: ("k", "key\n"))
+    monkeypatch.setattr(cloud_image, "_build_into", broken)
+    with pytest.raises(RuntimeError, match="mmdebstrap failed .25. .log kept as .*cloud-fail"):
+        cloud_image.build(tmp_path)
+    assert (tmp_path / cloud_image.FAILED_LOG).read_text() == "E: apt-get update failed\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [cloud_image.FAILED_LOG]

@@ -77,6 +77,7 @@ INITRAMFS_MODULES = ("virtio_pci", "virtio_blk", "ext4")
 # The e2e test that boots the image; tests/e2e/run builds the image first when the
 # selection includes it (the sandbox has no network).
 SELECTING_TEST = "tests/e2e/test_cloudinit_boot.py"
+FAILED_LOG = "cloud-failed.log"  # in the image cache: the last failed build's log
 
 
 @dataclass(frozen=True)
@@ -251,13 +252,14 @@ def build(cache: Path = paths.IMAGES) -> CloudImage:
             except OSError:
                 if not (final / "key.txt").exists():
                     raise
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            # The work directory goes; its log stays where the message points.
+            failed = cache / FAILED_LOG
+            if (work / "build.log").exists():
+                shutil.copyfile(work / "build.log", failed)
+            raise RuntimeError(f"{exc} (log kept as {failed})") from exc
         finally:
-            if work.exists():
-                # Keep a failed build's log where the error message points.
-                failed = cache / "cloud-failed.log"
-                if (work / "build.log").exists() and not (final / "key.txt").exists():
-                    shutil.copyfile(work / "build.log", failed)
-                shutil.rmtree(work, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
     return _loaded(final)
 
 
