@@ -24,6 +24,7 @@ import libvirt
 import libvirt_qemu
 
 from vmhealth import spec
+from vmhealth.monitor.agent_connections import AgentLane
 from vmhealth.monitor.config import DaemonConfig
 from vmhealth.monitor.interfaces import Outcome
 from vmhealth.monitor.libvirt_access import LibvirtGuestAccess
@@ -47,8 +48,9 @@ class DaemonPath:
 
     def __init__(self, uri: str) -> None:
         config = DaemonConfig(libvirt_uri=uri)
-        # Exactly LibvirtConnection's pools (monitor/libvirt_connection.py).
-        self.agent_pool = ThreadPoolExecutor(config.agent_threads, "vmhealth-agent")
+        # Exactly LibvirtConnection's pools (monitor/libvirt_connection.py): agent calls
+        # on connections and threads of their own.
+        self.agent_pool = AgentLane.for_daemon(config)
         self.control_pool = ThreadPoolExecutor(config.control_threads, "vmhealth-libvirt")
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="vmhealth-loop",
@@ -138,6 +140,7 @@ class DaemonPath:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._thread.join(10)
         self.agent_pool.shutdown(wait=False, cancel_futures=True)
+        self.agent_pool.close_connections()
         self.control_pool.shutdown(wait=False, cancel_futures=True)
 
 
