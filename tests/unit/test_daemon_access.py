@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,7 +12,7 @@ import libvirt
 import pytest
 
 from vmhealth.monitor import libvirt_access
-from vmhealth.monitor.interfaces import AgentError, AgentUnavailable
+from vmhealth.monitor.interfaces import AgentError, AgentUnavailable, NoVerdict
 from vmhealth.monitor.libvirt_access import (
     EMPTY_ADDRESS_RETRY_SECONDS,
     DomainState,
@@ -247,6 +248,44 @@ def test_a_guest_that_loses_its_addresses_keeps_its_last_known_ones(agent_calls)
             return first, await access.addresses()
 
     assert asyncio.run(scenario()) == (["10.0.0.10"], ["10.0.0.10"])
+
+
+WAIT_SECONDS = 30.0
+
+
+def test_no_address_while_the_agent_cannot_be_asked_is_unknown_not_none(monkeypatch):
+    """During boot a startup probe's agent call may hold the guest's one agent slot
+    while only the agent knows the address: that look-up says "unknown" (NoVerdict, an
+    uncounted ERROR), never "no address" (a counted FAILURE), and caches nothing, so
+    the next probe asks again and finds it."""
+    release = threading.Event()
+
+    def fake(dom, text, timeout, flags):
+        if "guest-ping" in text:
+            release.wait(WAIT_SECONDS)  # the startup probe's call, still in flight
+            return json.dumps({"return": {}})
+        return dom.answer
+    monkeypatch.setattr(libvirt_access.libvirt_qemu, "qemuAgentCommand", fake)
+    dom = AddressDomain({}, agent=agent_iface("10.0.0.10"))  # no lease, no ARP
+
+    async def scenario():
+        with ThreadPoolExecutor(2) as pool:
+            access = LibvirtGuestAccess(dom, agent_pool=pool, control_pool=pool)
+            ping = asyncio.ensure_future(access.agent_command({"execute": "guest-ping"}, 5))
+            await asyncio.sleep(0)  # the ping takes the slot
+            with pytest.raises(NoVerdict, match="not known yet"):
+                await access.addresses()
+            unknown_cached = access.cached_addresses()
+            release.set()
+            await ping
+            return unknown_cached, await access.addresses()
+
+    assert asyncio.run(scenario()) == (None, ["10.0.0.10"])
+
+
+def test_no_address_when_the_agent_answered_is_none(agent_calls):
+    """The agent was asked and reports nothing on the domain's networks: no address."""
+    assert look_up(AddressDomain({}, agent=agent_iface("192.168.99.5"))) == []
 
 
 def test_addresses_valid_until_is_when_the_cache_goes_stale(agent_calls):

@@ -284,12 +284,25 @@ class LibvirtGuestAccess:
         except libvirt.libvirtError as exc:
             raise NoVerdict(f"libvirt cannot list the guest's addresses: "
                             f"{excerpt(exc.get_error_message())}") from None
+        unasked = ""
         try:
             reply = await self._call_agent(GUEST_INTERFACES, ADDRESS_AGENT_TIMEOUT)
             reported = agent_entries(reply)
-        except (AgentUnavailable, AgentError, AgentBusy, NoVerdict):
-            reported = []  # no agent, or busy: the host's own sources alone this time
-        return probe_targets(nics, leases, reported + arp)
+        except (AgentUnavailable, AgentError):
+            reported = []  # no agent (yet): the host's own sources alone
+        except (AgentBusy, NoVerdict) as exc:
+            # The agent could not be asked this time (another call of this guest's is
+            # in flight, or no answer in time). The host's sources may still know.
+            reported, unasked = [], str(exc)
+        found = probe_targets(nics, leases, reported + arp)
+        if not found and unasked:
+            # "No address" would be a counted FAILURE, and nothing says the guest has
+            # none: during boot a startup probe's agent call often holds the slot
+            # while the agent alone knows the address. Unknown: not counted, and the
+            # next probe looks again (nothing is cached).
+            raise NoVerdict(f"guest addresses not known yet: the guest agent could not "
+                            f"be asked ({excerpt(unasked)})")
+        return found
 
     def cached_addresses(self) -> list[str] | None:
         if self._addresses_stale():
