@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 from click.testing import CliRunner
 from tests.unit.guest_support import ROOTS, copy_root
@@ -135,6 +137,34 @@ def test_setup_installs_missing_packages_and_restarts_a_live_agent(tmp_path):
     assert restart.missing == ["qemu-ga runs with guest-exec blocked (--block-rpcs); "
                                "restart it"]
     assert ["chroot", str(root), "systemctl", "restart", "qemu-guest-agent.service"] in calls
+
+
+@pytest.mark.parametrize("started_after_edits", [False, True])
+def test_a_watchdog_daemon_started_before_the_edits_is_stopped_and_started(
+        tmp_path, started_after_edits):
+    """Debian's package starts the daemon at install with the stock files: setup edits
+    them, then the running daemon must be started again (stop + start: Debian's unit
+    hands over to wd_keepalive on stop). A daemon started after the edits is left."""
+    root = copy_root("debian12", tmp_path)
+    calls = []
+    processes = [Process("qemu-ga", ("/usr/sbin/qemu-ga",)),
+                 Process("watchdog", ("/usr/sbin/watchdog",), started=time.time() - 3600)]
+    system = GuestSystem(root, runner=lambda argv, env: calls.append(argv) or "",
+                         processes=lambda: processes)
+    the_plan = plan.build_plan(parse_spec({"watchdog": {}}), distro.detect(root))
+    if started_after_edits:
+        setup.run_setup(the_plan, system)
+        calls.clear()
+        processes[1] = Process("watchdog", ("/usr/sbin/watchdog",), started=time.time() + 1)
+    reports = {r.title: r for r in setup.run_setup(the_plan, system)}
+    restart = reports["watchdog daemon runs with the current settings"]
+    stop_start = [["chroot", str(root), "systemctl", "stop", "watchdog.service"],
+                  ["chroot", str(root), "systemctl", "start", "watchdog.service"]]
+    if started_after_edits:
+        assert restart.missing == [] and calls == []
+    else:
+        assert restart.missing and "restart it" in restart.missing[0]
+        assert [call for call in calls if "systemctl" in call] == stop_start
 
 
 def test_check_reports_each_missing_item(tmp_path):

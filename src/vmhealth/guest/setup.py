@@ -19,6 +19,7 @@ from vmhealth.guest.plan import (
     POLICY_MODULE,
     POLICY_PACKAGE_PATH,
     WATCHDOG_DEVICE,
+    WATCHDOG_UNIT,
     GuestPlan,
     Label,
 )
@@ -116,6 +117,36 @@ def _agent_restart_step() -> Step:
         return [f"restarted {AGENT_UNIT}"]
 
     return Step("agent restarted with guest-exec allowed", missing, apply)
+
+
+def _watchdog_restart_step(settings_files: tuple[str, ...]) -> Step:
+    """Restart the watchdog daemon when it started before its settings last changed.
+
+    Debian's package starts the daemon at install, with the stock files (no
+    watchdog-device): left running, it feeds nothing and the i6300esb is never armed
+    until the next boot. Stop then start, not restart: Debian's unit starts
+    wd_keepalive when the daemon stops (OnFailure=), and the start replaces it
+    (Conflicts=)."""
+    def missing(system: GuestSystem) -> list[str]:
+        processes = system.processes()
+        if processes is None:
+            return []  # offline root: it starts with the new settings
+        changed = [system.path(path).stat().st_mtime for path in settings_files
+                   if system.path(path).exists()]
+        if not changed:
+            return []
+        if any(process.name == "watchdog" and process.started < max(changed)
+               for process in processes):
+            return ["the watchdog daemon runs with settings older than "
+                    f"{', '.join(settings_files)}; restart it"]
+        return []
+
+    def apply(system: GuestSystem) -> list[str]:
+        system.run(["systemctl", "stop", WATCHDOG_UNIT])
+        system.run(["systemctl", "start", WATCHDOG_UNIT])
+        return [f"restarted {WATCHDOG_UNIT}"]
+
+    return Step("watchdog daemon runs with the current settings", missing, apply)
 
 
 def _service_step(unit: str) -> Step:
@@ -224,7 +255,10 @@ def build_steps(plan: GuestPlan) -> list[Step]:
                 lambda text: edits.edit_debian_default(text, settings.module,
                                                        path=DEBIAN_WATCHDOG_DEFAULT),
                 create=True))
-        steps.append(_service_step("watchdog.service"))
+        steps.append(_service_step(WATCHDOG_UNIT))
+        settings_files = (WATCHDOG_CONF, DEBIAN_WATCHDOG_DEFAULT) \
+            if plan.distro.family is Family.DEBIAN else (WATCHDOG_CONF,)
+        steps.append(_watchdog_restart_step(settings_files))
     if plan.needs_policy_module:
         steps.append(_policy_module_step())
     steps.extend(_label_step(label) for label in plan.labels)

@@ -31,6 +31,7 @@ class CommandFailed(RuntimeError):
 class Process:
     name: str
     cmdline: tuple[str, ...]
+    started: float = 0.0  # seconds since the epoch (psutil's create_time)
 
 
 class GuestSystem:
@@ -71,9 +72,10 @@ class GuestSystem:
         if not self.live:
             return None
         found = []
-        for proc in psutil.process_iter(["name", "cmdline"]):
+        for proc in psutil.process_iter(["name", "cmdline", "create_time"]):
             cmdline = tuple(proc.info.get("cmdline") or ())
-            found.append(Process(name=proc.info.get("name") or "", cmdline=cmdline))
+            found.append(Process(name=proc.info.get("name") or "", cmdline=cmdline,
+                                 started=proc.info.get("create_time") or 0.0))
         return found
 
     # -- systemd units, offline-capable ------------------------------------------------
