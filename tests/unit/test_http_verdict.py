@@ -494,8 +494,8 @@ def test_a_starter_begins_with_nothing_to_repeat_and_no_server_name():
 
 
 def test_the_request_ends_its_head_closing_the_connection():
-    request = _build_request(spec.HttpGet(port=80), "/", "10.0.0.1")
-    assert request == (b"GET / HTTP/1.1\r\nHost: 10.0.0.1\r\nUser-Agent: "
+    request = _build_request(spec.HttpGet(port=80), "/X", "10.0.0.1")
+    assert request == (b"GET /X HTTP/1.1\r\nHost: 10.0.0.1\r\nUser-Agent: "
                        + USER_AGENT.encode() + b"\r\nAccept: */*\r\nConnection: close"
                        b"\r\n\r\n")
 
