@@ -45,6 +45,7 @@ import click
 from vmhealth.cli_context import NotOk, UsageFailure
 from vmhealth.excerpt import excerpt
 from vmhealth.monitor.client import DEFAULT_SOCKET, ApiClient, ApiError, ApiUnavailable
+from vmhealth.spec_rules import ACTING_LIVENESS_ACTIONS, RUN_STRATEGY_RESTARTS
 from vmhealth.terminal import echo
 
 DEFAULT_TIMEOUT_SECONDS = 5.0
@@ -166,12 +167,12 @@ def cluster_conflicts(spec: Any) -> list[str]:
     twice, or start it on a host the cluster has just moved it away from."""
     action = spec.on_liveness_failure.value
     problems = []
-    if action in ("restart", "reset", "poweroff"):
+    if action in ACTING_LIVENESS_ACTIONS:
         problems.append(f"onLivenessFailure: {action}: vmhealth would {action} the domain "
                         "while the cluster recovers it too; use onLivenessFailure: report "
                         "(annotation vmhealth.dev/on-liveness-failure: report) and let the "
                         "cluster act on `vmhealth check --liveness` (docs/cluster.md)")
-    if spec.run_strategy.value in ("Always", "RerunOnFailure"):
+    if any(RUN_STRATEGY_RESTARTS[spec.run_strategy.value]):
         problems.append(f"runStrategy: {spec.run_strategy.value}: vmhealth would start "
                         "the domain again after a stop the cluster made; use Manual")
     return problems

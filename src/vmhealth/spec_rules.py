@@ -48,7 +48,9 @@ WATCHDOG_ACTIONS = ("reset", "shutdown", "poweroff", "pause", "none", "dump", "i
 #   report    report only, because a cluster manager (Pacemaker) acts on the failure
 #             (docs/cluster.md): as none, and refused with a runStrategy that starts
 #             the domain again, since the cluster alone decides where it runs
-LIVENESS_ACTIONS = ("restart", "reset", "poweroff", "none", "report")
+# The actions in which vmhealth itself changes the domain (not none or report).
+ACTING_LIVENESS_ACTIONS = ("restart", "reset", "poweroff")
+LIVENESS_ACTIONS = (*ACTING_LIVENESS_ACTIONS, "none", "report")
 REPORT_ACTION = "report"
 DEFAULT_LIVENESS_ACTION = "restart"
 # The order in which a spec's probes are checked (and so which error is reported first).
