@@ -106,8 +106,11 @@ def plan_cloud_config(plan: GuestPlan) -> dict[str, Any]:
     if plan.watchdog is not None:
         # Not `enable --now`: Debian's postinst has already started the daemon with the
         # stock files (no watchdog-device), and --now leaves that one running unfed.
-        # Not `restart` either: Debian's unit starts wd_keepalive when it stops
-        # (OnFailure=); the separate start replaces it again (Conflicts=).
+        # wd_keepalive is masked first (mask also reloads systemd): Debian's unit starts
+        # it on failure (OnFailure=), and it would feed the device for a crashed daemon.
+        # Stop, then start: the start also replaces a wd_keepalive the postinst may
+        # have started (Conflicts=).
+        runcmd += [["systemctl", "mask", unit] for unit in plan.masked_units]
         runcmd += [["systemctl", "enable", WATCHDOG_UNIT],
                    ["systemctl", "stop", WATCHDOG_UNIT],
                    ["systemctl", "start", WATCHDOG_UNIT]]

@@ -100,6 +100,23 @@ def test_watchdog_daemon_restarts_after_the_edits(distro):
     assert not [cmd for cmd in runcmd if "--now" in cmd and "watchdog.service" in cmd]
 
 
+@pytest.mark.parametrize("distro", sorted(RENDER_TARGETS))
+def test_debian_masks_wd_keepalive_before_the_daemon_starts(distro):
+    """Debian's watchdog.service has OnFailure=wd_keepalive.service, which a drop-in
+    cannot clear: the keepalive is masked before the daemon is (re)started, so a killed
+    daemon leaves the device unfed. Other distros' units have no such hand-over."""
+    spec = load_manifest(EXAMPLES / "example-vmi.yaml").spec
+    runcmd = yaml.safe_load(render(spec, RENDER_TARGETS[distro]))["runcmd"]
+    mask = ["systemctl", "mask", "wd_keepalive.service"]
+    if distro != "debian":
+        assert mask not in runcmd
+        return
+    edit = next(i for i, cmd in enumerate(runcmd) if EDITS_SCRIPT in cmd)
+    assert edit < runcmd.index(mask) < runcmd.index(["systemctl", "stop", "watchdog.service"])
+    command = runcmd[edit]
+    assert command[command.index("--debian-module") + 1] == "i6300esb"
+
+
 def test_non_cloud_config_user_data_is_refused():
     with pytest.raises(UserDataError, match="not '#cloud-config'"):
         parse_user_data("#!/bin/sh\necho hi\n")

@@ -107,7 +107,7 @@ def test_debian_default():
     stock = (ROOTS / "debian12/etc/default/watchdog").read_text()
     new, changes = edits.edit_debian_default(stock, "i6300esb")
     assert "run_watchdog=1\n" in new and 'watchdog_module="i6300esb"\n' in new
-    assert "run_wd_keepalive=1\n" in new
+    assert "run_wd_keepalive=0\n" in new
     assert edits.edit_debian_default(new, "i6300esb") == (new, [])
 
 

@@ -224,3 +224,55 @@ def test_cli_bad_spec_names_the_field(tmp_path):
                                        str(ROOTS / "debian12"), "--dry-run"])
     assert result.exit_code == 2
     assert "readinessProbe.exec.command" in result.output
+
+
+def test_debian_setup_masks_wd_keepalive_offline(tmp_path):
+    """Debian's watchdog.service has OnFailure=wd_keepalive.service: masked, so a killed
+    daemon leaves the device unfed. Offline: the /dev/null link is written directly."""
+    root = copy_root("debian12", tmp_path)
+    stock = (root / "lib/systemd/system/watchdog.service").read_text()
+    assert "OnFailure=wd_keepalive.service" in stock
+    system = GuestSystem(root, runner=lambda argv, env: "")
+    the_plan = plan.build_plan(parse_spec({"watchdog": {}}), distro.detect(root))
+    assert the_plan.masked_units == ["wd_keepalive.service"]
+    reports = {r.title: r for r in setup.run_setup(the_plan, system)}
+    masked = reports["wd_keepalive.service masked"]
+    assert masked.missing and "OnFailure=" in masked.missing[0]
+    assert masked.changes == ["masked wd_keepalive.service"] and masked.error is None
+    link = root / "etc/systemd/system/wd_keepalive.service"
+    assert link.is_symlink() and str(link.readlink()) == "/dev/null"
+    assert "run_wd_keepalive=0\n" in (root / "etc/default/watchdog").read_text()
+    again = {r.title: r for r in setup.run_setup(the_plan, system)}
+    assert again["wd_keepalive.service masked"].missing == []
+    # A local copy of the unit in /etc is replaced by the mask, not left to run.
+    link.unlink()
+    link.write_text("[Service]\nExecStart=/usr/sbin/wd_keepalive\n")
+    setup.run_setup(the_plan, system)
+    assert link.is_symlink() and str(link.readlink()) == "/dev/null"
+
+
+def test_live_setup_masks_with_systemctl_and_check_reports_it(tmp_path):
+    root = copy_root("debian12", tmp_path)
+    calls = []
+    system = GuestSystem(root, runner=lambda argv, env: calls.append(argv) or "",
+                         processes=lambda: [Process("watchdog", ("/usr/sbin/watchdog",),
+                                                    started=time.time() + 60)])
+    the_plan = plan.build_plan(parse_spec({"watchdog": {}}), distro.detect(root))
+    items = {item.name: item for item in setup.run_check(the_plan, system)}
+    assert items["wd_keepalive.service masked"].ok is False
+    assert "not masked" in items["wd_keepalive.service masked"].detail
+    system.live = True  # as on "/": systemctl, not a hand-made link
+    setup.run_setup(the_plan, system)
+    assert ["systemctl", "mask", "wd_keepalive.service"] in calls
+    (root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
+    (root / "etc/systemd/system/wd_keepalive.service").symlink_to("/dev/null")
+    items = {item.name: item for item in setup.run_check(the_plan, system)}
+    assert items["wd_keepalive.service masked"].ok is True
+
+
+@pytest.mark.parametrize("name", ["fedora40", "rhel9.4"])
+def test_rpm_distros_mask_nothing(name, tmp_path):
+    root = copy_root(name, tmp_path)
+    the_plan = plan.build_plan(parse_spec({"watchdog": {}}), distro.detect(root))
+    assert the_plan.masked_units == []
+    assert not [s for s in setup.build_steps(the_plan) if "masked" in s.title]

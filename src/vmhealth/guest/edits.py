@@ -230,8 +230,11 @@ def edit_watchdog_conf(text, timeout, interval, device="/dev/watchdog",
 
 
 def edit_debian_default(text, module, path="/etc/default/watchdog"):
-    """Debian's watchdog unit starts only with run_watchdog=1 and loads watchdog_module."""
-    wanted = {"run_watchdog": "1", "watchdog_module": f'"{module}"'}
+    """Debian's watchdog unit starts only with run_watchdog=1 and loads watchdog_module.
+    run_wd_keepalive=0: a clean stop of the daemon (which disarms the device) leaves
+    the unit inactive instead of failed, so a failed unit means a crash."""
+    wanted = {"run_watchdog": "1", "run_wd_keepalive": "0",
+              "watchdog_module": f'"{module}"'}
     return _set_keyed_lines(text, wanted, "=", path)
 
 

@@ -18,6 +18,12 @@ AGENT_CHANNEL = "/dev/virtio-ports/org.qemu.guest_agent.0"
 WATCHDOG_PACKAGE = "watchdog"
 WATCHDOG_UNIT = "watchdog.service"
 WATCHDOG_DEVICE = "/dev/watchdog"
+# Debian's watchdog.service has OnFailure=wd_keepalive.service: a crashed or killed
+# daemon would be replaced by wd_keepalive, which feeds the device on, so the watchdog
+# never fires. A drop-in cannot clear OnFailure= (systemd.unit(5): dependencies cannot
+# be reset to an empty list), so the plan masks the keepalive unit instead.
+KEEPALIVE_UNIT = "wd_keepalive.service"
+MASKED_UNITS_DIR = "/etc/systemd/system"
 SEMANAGE_PACKAGE = "policycoreutils-python-utils"  # Fedora/RHEL: semanage
 
 # Kernel driver per libvirt watchdog model (Debian's /etc/default/watchdog loads it).
@@ -76,6 +82,13 @@ class GuestPlan:
     @property
     def needs_policy_module(self) -> bool:
         return any(label.selinux_type == PROBE_SCRIPT_TYPE for label in self.labels)
+
+    @property
+    def masked_units(self) -> list[str]:
+        """Units that must never start: Debian's wd_keepalive (see KEEPALIVE_UNIT)."""
+        if self.watchdog is not None and self.distro.family is Family.DEBIAN:
+            return [KEEPALIVE_UNIT]
+        return []
 
     @property
     def services(self) -> list[str]:

@@ -16,6 +16,7 @@ from vmhealth.guest.distro import Family
 from vmhealth.guest.plan import (
     AGENT_CHANNEL,
     AGENT_UNIT,
+    MASKED_UNITS_DIR,
     POLICY_MODULE,
     POLICY_PACKAGE_PATH,
     WATCHDOG_DEVICE,
@@ -124,9 +125,8 @@ def _watchdog_restart_step(settings_files: tuple[str, ...]) -> Step:
 
     Debian's package starts the daemon at install, with the stock files (no
     watchdog-device): left running, it feeds nothing and the i6300esb is never armed
-    until the next boot. Stop then start, not restart: Debian's unit starts
-    wd_keepalive when the daemon stops (OnFailure=), and the start replaces it
-    (Conflicts=)."""
+    until the next boot. Stop then start: the start also replaces a wd_keepalive the
+    package started (Conflicts=); the mask step keeps it from starting again."""
     def missing(system: GuestSystem) -> list[str]:
         processes = system.processes()
         if processes is None:
@@ -147,6 +147,32 @@ def _watchdog_restart_step(settings_files: tuple[str, ...]) -> Step:
         return [f"restarted {WATCHDOG_UNIT}"]
 
     return Step("watchdog daemon runs with the current settings", missing, apply)
+
+
+def _mask_missing(system: GuestSystem, unit: str) -> list[str]:
+    link = system.path(f"{MASKED_UNITS_DIR}/{unit}")
+    if link.is_symlink() and os.readlink(link) == os.devnull:
+        return []
+    return [f"{unit} is not masked: a crashed watchdog daemon would be replaced by it "
+            "(OnFailure=), and it would feed the device on"]
+
+
+def _mask_step(unit: str) -> Step:
+    """Mask a unit (a symlink to /dev/null in /etc/systemd/system). A drop-in cannot
+    remove it from watchdog.service's OnFailure=: systemd.unit(5) says dependencies
+    cannot be reset to an empty list."""
+    def apply(system: GuestSystem) -> list[str]:
+        if system.live:
+            system.run(["systemctl", "mask", unit])  # reloads systemd itself
+        else:
+            link = system.path(f"{MASKED_UNITS_DIR}/{unit}")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if link.is_symlink() or link.exists():
+                link.unlink()  # a local copy of the unit: the mask replaces it
+            link.symlink_to(os.devnull)
+        return [f"masked {unit}"]
+
+    return Step(f"{unit} masked", lambda system: _mask_missing(system, unit), apply)
 
 
 def _service_step(unit: str) -> Step:
@@ -255,6 +281,7 @@ def build_steps(plan: GuestPlan) -> list[Step]:
                 lambda text: edits.edit_debian_default(text, settings.module,
                                                        path=DEBIAN_WATCHDOG_DEFAULT),
                 create=True))
+        steps.extend(_mask_step(unit) for unit in plan.masked_units)
         steps.append(_service_step(WATCHDOG_UNIT))
         settings_files = (WATCHDOG_CONF, DEBIAN_WATCHDOG_DEFAULT) \
             if plan.distro.family is Family.DEBIAN else (WATCHDOG_CONF,)
@@ -341,6 +368,10 @@ def run_check(plan: GuestPlan, system: GuestSystem) -> list[CheckItem]:
             detail = ("no watchdog process" if not feeders else
                       "; ".join(conf_missing) or "watchdog daemon running")
             items.append(CheckItem("watchdog daemon feeding", ok, detail))
+        for unit in plan.masked_units:
+            found = _mask_missing(system, unit)
+            items.append(CheckItem(f"{unit} masked", not found, "; ".join(found) or
+                                   f"{MASKED_UNITS_DIR}/{unit} -> {os.devnull}"))
     for step in build_steps(plan):
         if step.title.startswith("SELinux"):
             found = step.missing(system)
