@@ -9,7 +9,8 @@ start the domain. Everything after that is observed from the host: through the g
 agent (once the user data has installed it), libvirt's events and the vmhealth daemon.
 
 The tests share one guest and run in order: first boot, the daemon's view, the
-watchdog firing (action poweroff), and a second boot of the same disk and seed.
+watchdog firing when its daemon is killed (action poweroff), and a second boot of the
+same disk and seed.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from tools.sandbox.waiting import wait_until
 from vmhealth import seediso
 from vmhealth.excerpt import excerpt
 from vmhealth.guest import edits
-from vmhealth.guest.plan import AGENT_CHANNEL, WATCHDOG_DEVICE
+from vmhealth.guest.plan import AGENT_CHANNEL, KEEPALIVE_UNIT, WATCHDOG_DEVICE
 
 pytestmark = pytest.mark.e2e
 
@@ -43,6 +44,7 @@ HEALTHY_FILE = "/var/lib/vmhealth/healthy.txt"
 LIVENESS_PERIOD, LIVENESS_FAILURES = 10, 3
 # What `vmhealth cloudinit render` derives from the liveness probe (plan.watchdog_settings).
 WATCHDOG_TIMEOUT = LIVENESS_PERIOD * LIVENESS_FAILURES
+WATCHDOG_STATE = "/sys/class/watchdog/watchdog0/state"  # active: armed (opened, no 'V')
 MANIFEST = {
     "apiVersion": "kubevirt.io/v1",
     "kind": "VirtualMachineInstance",
@@ -173,6 +175,12 @@ def _feeder(booted: Booted) -> int:
     return int(text.strip() or 0)
 
 
+def _unit_state(booted: Booted, unit: str) -> dict[str, str]:
+    """LoadState, ActiveState and Result of a unit in the guest, from systemd."""
+    text = booted.run("systemctl", "show", "--property=LoadState,ActiveState,Result", unit)
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
 def _per_instance_markers(booted: Booted) -> dict[str, str]:
     """cloud-init's per-instance semaphores with their modification times."""
     listing = booted.run("sh", "-c", 'stat -c "%n %Y" /var/lib/cloud/instance/sem/*')
@@ -197,6 +205,10 @@ def _plan_checks(booted: Booted) -> list[str]:
     problems += edits.edit_debian_default(default, "i6300esb")[1]
     if not _feeder(booted):
         problems.append("no watchdog daemon")
+    # The plan masks wd_keepalive (plan.KEEPALIVE_UNIT): watchdog.service's OnFailure=.
+    keepalive = _unit_state(booted, KEEPALIVE_UNIT)
+    if keepalive.get("LoadState") != "masked":
+        problems.append(f"{KEEPALIVE_UNIT} is {keepalive}, not masked")
     return problems
 
 
@@ -234,23 +246,42 @@ def test_first_boot_runs_the_rendered_user_data(booted):
 
 
 def test_daemon_adopts_and_reports_ready_and_live(booted):
+    def last_readiness(entry: dict) -> str | None:
+        """The exec probe's latest outcome; `skipped` (the agent was busy with another
+        call, not counted) can be the latest one while the domain is ready."""
+        return (entry["probes"].get("readiness", {}).get("lastResult") or {}).get("outcome")
     entry = wait_status(booted.daemon, NAME, "ready and live",
-                        lambda e: e["ready"] and e["live"] and e["state"] == "running",
+                        lambda e: e["ready"] and e["live"] and e["state"] == "running"
+                        and last_readiness(e) == "success",
                         timeout=FIRST_BOOT_TIMEOUT)
     booted.mark("vmhealth ready and live")
-    assert entry["probes"]["readiness"]["lastResult"]["outcome"] == "success", entry
+    assert entry["probes"]["readiness"]["healthy"] is True, entry
     types = [e["type"] for e in booted.daemon.client.events(domain=NAME)]
     assert "Adopted" in types, types
 
 
-def test_watchdog_fires_when_the_feeder_stops(booted, recorder):
-    """The i6300esb fires once the daemon stops feeding it: its feeds kept the guest
-    up for longer than the timeout, then a frozen daemon lets libvirt power it off.
+def test_watchdog_fires_when_the_daemon_is_killed(booted, recorder):
+    """The i6300esb fires once its daemon dies: the daemon's feeds kept the guest up for
+    longer than the timeout, then SIGKILL (no magic close) lets libvirt power it off.
 
-    The daemon is frozen (SIGSTOP), not killed: Debian's watchdog.service has
-    OnFailure=wd_keepalive.service, so a killed daemon is replaced by wd_keepalive,
-    which goes on feeding the device (as a hung guest could not)."""
+    Debian's watchdog.service has OnFailure=wd_keepalive.service, which would feed the
+    device on for a killed daemon; the rendered user data masks wd_keepalive, so the
+    unit fails and nothing takes over."""
     _wait_cloud_init(booted, FIRST_BOOT_TIMEOUT)
+    # The stock hand-over is still declared; only the mask makes it go nowhere.
+    on_failure = booted.run("systemctl", "show", "--property=OnFailure", "--value",
+                            "watchdog.service")
+    assert KEEPALIVE_UNIT in on_failure.split(), excerpt(on_failure)
+    assert _unit_state(booted, KEEPALIVE_UNIT)["LoadState"] == "masked"
+    # A clean stop disarms the device (the daemon writes the magic 'V' before closing)
+    # and leaves the unit inactive (run_wd_keepalive=0): no action can follow.
+    assert booted.run("cat", WATCHDOG_STATE).strip() == "active"
+    booted.run("systemctl", "stop", "watchdog.service")
+    assert booted.run("cat", WATCHDOG_STATE).strip() == "inactive"
+    assert _unit_state(booted, "watchdog.service")["ActiveState"] == "inactive"
+    assert _unit_state(booted, KEEPALIVE_UNIT)["ActiveState"] == "inactive"
+    booted.run("systemctl", "start", "watchdog.service")
+    assert booted.run("cat", WATCHDOG_STATE).strip() == "active"
     pid = _feeder(booted)
     # Fed for longer than one timeout: the feeds, not luck, keep the guest running.
     wait_until(lambda: int(booted.run("ps", "-o", "etimes=", "-p", str(pid)))
@@ -258,12 +289,27 @@ def test_watchdog_fires_when_the_feeder_stops(booted, recorder):
                what="the watchdog daemon to have run longer than its timeout")
     booted.first_boot = {"markers": _per_instance_markers(booted),
                          "instance": booted.run("cat", "/var/lib/cloud/data/instance-id")}
-    booted.run("kill", "-STOP", str(pid))
-    stopped = time.monotonic()
+    booted.run("kill", "-KILL", str(pid))
+    killed = time.monotonic()
+
+    def unit_failed() -> dict[str, str] | None:
+        state = _unit_state(booted, "watchdog.service")
+        return state if state["ActiveState"] == "failed" else None
+    # systemd sees the crash: the unit fails (a clean stop would leave it inactive) ...
+    failed = wait_until(unit_failed, timeout=WATCHDOG_TIMEOUT / 2, interval=1,
+                        what="watchdog.service to fail after its daemon was killed")
+    assert failed["Result"] == "signal", failed
+    # ... and nothing took the device over: wd_keepalive neither started nor runs.
+    keepalive = _unit_state(booted, KEEPALIVE_UNIT)
+    assert keepalive["ActiveState"] == "inactive", keepalive
+    running = booted.guest.exec("pgrep", "-x", "wd_keepalive")
+    assert running.exitcode == 1, f"wd_keepalive runs: {excerpt(running.stdout)}"
+    assert booted.run("cat", WATCHDOG_STATE).strip() == "active"  # armed, and unfed
     recorder.wait_for(NAME, "watchdog", libvirt.VIR_DOMAIN_EVENT_WATCHDOG_POWEROFF,
                       timeout=WATCHDOG_TIMEOUT + 30)
-    fired = time.monotonic() - stopped
-    print(f"\ncloud-init e2e: watchdog poweroff {fired:.1f}s after the feeder stopped")
+    fired = time.monotonic() - killed
+    booted.times["daemon killed to watchdog poweroff"] = round(fired, 1)
+    print(f"\ncloud-init e2e: watchdog poweroff {fired:.1f}s after the daemon was killed")
     assert fired > WATCHDOG_TIMEOUT - 12, "the watchdog fired before its timeout"
 
     def shown() -> bool:
