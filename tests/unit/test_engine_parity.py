@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 
 import pytest
+from tests.ci import NO_LANE, require_module
 from tests.unit.hostile_http import HostileServer
 
 from vmhealth import spec
@@ -42,7 +43,7 @@ from vmhealth.monitor.probes import run_once
 from vmhealth.monitor.probes.http import HttpProbeStarter
 from vmhealth.monitor.probes.tcp import TcpProbeStarter
 
-fastlane = pytest.importorskip("vmhealth_fastlane", reason="no native lane")
+fastlane = require_module("vmhealth_fastlane", NO_LANE)
 
 TIMEOUT_SECONDS = 0.6  # each attempt's timeoutSeconds, for both engines
 WAIT_SECONDS = 10.0  # how long the lane may take to be seen ending (a bound, not a speed)

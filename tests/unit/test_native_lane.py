@@ -15,11 +15,12 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from tests.ci import NO_LANE, require_module
 
 from vmhealth.monitor import native_lane
 from vmhealth.monitor.metrics import DURATION_BUCKETS
 
-fastlane = pytest.importorskip("vmhealth_fastlane", reason="no native lane")
+fastlane = require_module("vmhealth_fastlane", NO_LANE)
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
 OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"

@@ -27,13 +27,13 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import pytest
+from tests.ci import NO_LANE, require_module
 from tests.unit.hostile_http import HostileServer
 
 from vmhealth.monitor import native_lane
 from vmhealth.monitor.metrics import DURATION_BUCKETS
 
-fastlane = pytest.importorskip("vmhealth_fastlane", reason="no native lane")
+fastlane = require_module("vmhealth_fastlane", NO_LANE)
 
 SEED = int(os.environ.get("VMHEALTH_FUZZ_SEED", "20261204"))
 FUZZ_SECONDS = float(os.environ.get("VMHEALTH_FUZZ_SECONDS", "3"))

@@ -13,12 +13,13 @@ from __future__ import annotations
 import time
 
 import pytest
+from tests.ci import NO_LANE, require_module
 from tests.unit.hostile_http import HostileServer
 
 from vmhealth.monitor import native_lane
 from vmhealth.monitor.metrics import DURATION_BUCKETS
 
-fastlane = pytest.importorskip("vmhealth_fastlane", reason="no native lane")
+fastlane = require_module("vmhealth_fastlane", NO_LANE)
 
 WAIT = 10.0  # seconds any expectation may take on a loaded machine
 TIMEOUT = 5.0  # the lanes' timeoutSeconds: long, so a timeout is never the verdict by luck
@@ -39,9 +40,8 @@ def head_of(size: int, content_length: int = 0) -> str:
 
 def test_the_lane_reads_no_more_than_the_python_handler():
     # Otherwise the lane could count as a success what the handler fails.
-    http = pytest.importorskip("vmhealth.monitor.probes.http")
-    if not hasattr(http, "MAX_HEAD_BYTES"):
-        pytest.skip("this handler has no head limit")
+    http = require_module("vmhealth.monitor.probes.http",
+                          "the httpGet handler needs httptools (the host extra)")
     assert fastlane.HEAD_CAP_BYTES <= http.MAX_HEAD_BYTES
     assert fastlane.AFTER_HEAD_CAP_BYTES <= http.MAX_AFTER_HEAD_BYTES
     assert fastlane.BODY_CAP_BYTES == http.OUTPUT_CAP_BYTES

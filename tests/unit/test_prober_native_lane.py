@@ -15,7 +15,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 
-import pytest
+from tests.ci import NO_LANE, require_module
 from tests.unit.test_probes import FakeAccess, Route, start_http
 
 from vmhealth import spec
@@ -24,7 +24,7 @@ from vmhealth.monitor.native_lane import NativeLanes
 from vmhealth.monitor.prober import DomainProber
 from vmhealth.spec import ProbeKind
 
-pytest.importorskip("vmhealth_fastlane", reason="no native lane")
+require_module("vmhealth_fastlane", NO_LANE)
 
 PERIOD = 0.1  # seconds; the spec's type says int, the prober takes any positive number
 WAIT = 5.0

@@ -9,8 +9,9 @@ from pathlib import Path
 from tests.ci import missing
 
 
-def self_signed(directory: Path, name: str = "server") -> tuple[Path, Path]:
-    """(cert, key) of a self-signed certificate for 127.0.0.1, valid for a day.
+def self_signed(directory: Path, name: str = "server",
+                address: str = "127.0.0.1") -> tuple[Path, Path]:
+    """(cert, key) of a self-signed certificate for `address`, valid for a day.
 
     openssl's x509 request marks it a CA, so it can also verify itself: as a client
     certificate with itself as client_ca_file."""
@@ -21,7 +22,7 @@ def self_signed(directory: Path, name: str = "server") -> tuple[Path, Path]:
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-days", "1",
                     "-subj", f"/CN=vmhealth-test-{name}",
-                    "-addext", "subjectAltName=IP:127.0.0.1",
+                    "-addext", f"subjectAltName=IP:{address}",
                     "-keyout", str(key), "-out", str(cert)],
                    check=True, capture_output=True, timeout=60)
     return cert, key
