@@ -47,7 +47,7 @@ period late, or skipped). The TCP liveness probes carry no path and are not time
 `baseline` makes no connections and `floor` keeps no schedule per domain, so neither
 has a lateness.
 
-Targets (issue 4): daemon CPU < 15% of one core, RSS < 120 MB, p99 lateness < 50 ms.
+Targets: daemon CPU < 15% of one core, RSS < 120 MB, p99 lateness < 50 ms.
 The machine has 2 cores shared with the target server, so figures include that
 contention.
 """

@@ -9,7 +9,7 @@ here (stonith-enabled=false), in this test only: there is no fence device in the
 sandbox. A production cluster must fence (docs/cluster.md); where a fence agent
 would power the lost node off, the test destroys that node's domain itself.
 
-What must hold (issue 18):
+What must hold:
 - readiness fails while liveness holds: Pacemaker does nothing;
 - the vmhealth daemon is stopped for 30 s: Pacemaker does nothing;
 - the guest's service dies (liveness fails): Pacemaker restarts the resource on the

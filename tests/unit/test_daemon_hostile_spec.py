@@ -1,4 +1,4 @@
-"""The daemon against hostile metadata (issue 15), with libvirt's test driver.
+"""The daemon against hostile metadata, with libvirt's test driver.
 
 A domain whose stored spec nests ten thousand levels deep, or makes adoption fail in a
 way nobody foresaw, is that domain's problem: it gets a SpecInvalid event (or a log

@@ -198,7 +198,7 @@ def test_apply_refuses_a_spec_too_long_to_store():
 
 
 # ---------------------------------------------------------------------------
-# The undo record's action: every libvirt action as the original (issue 22)
+# The undo record's action: every libvirt action as the original
 # ---------------------------------------------------------------------------
 
 # Every action libvirt knows for a watchdog; None: no attribute (libvirt reads reset).

@@ -77,7 +77,7 @@ def test_decoding_does_not_import_json_or_re():
 
 
 # ---------------------------------------------------------------------------
-# Bounds (issue 15): a clear refusal instead of a RecursionError or a huge decode
+# Bounds: a clear refusal instead of a RecursionError or a huge decode
 # ---------------------------------------------------------------------------
 
 def nested(levels: int, open_: str = "[", close: str = "]") -> str:

@@ -1,4 +1,4 @@
-"""The native lane against a seeded random corpus of hostile answers (issue 15, 22).
+"""The native lane against a seeded random corpus of hostile answers.
 
 A hostile server (tests/unit/hostile_http.py, in a subprocess) answers each probe
 from a corpus made from one seed: any status, right and wrong content lengths,

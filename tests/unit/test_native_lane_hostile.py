@@ -1,4 +1,4 @@
-"""The native lane against guests that answer to hurt (issue 15, finding 3).
+"""The native lane against guests that answer to hurt.
 
 What must hold, whatever a guest sends: the lane reads a bounded number of bytes
 (the head, and what follows it, are capped; past a cap the probe goes back to
