@@ -203,10 +203,13 @@ def render_command(ctx: Context, spec_file: str | None, domain: str | None,
 def seed_command(ctx: Context, domain: str, output: str, spec_file: str | None,
                  network_config, instance_id: str | None, attach: bool,
                  distro: str | None) -> None:
-    """Write a NoCloud seed ISO (label cidata) for DOMAIN."""
+    """Write a NoCloud seed ISO (label cidata) for DOMAIN.
+
+    With --spec and --instance-id (and no --attach) libvirt is not asked at all: the
+    seed can be written for a domain defined elsewhere."""
     spec, found, uuid = _from_domain(ctx, domain) if spec_file is None else (
         _load_spec(spec_file, domain), None, None)
-    if uuid is None:
+    if instance_id is None and uuid is None:
         uuid = ctx.domain(domain)[1].UUIDString()
     files = {"user-data": _render(spec, _target(distro, found)),
              "meta-data": seediso.meta_data(instance_id or uuid, domain)}
@@ -214,6 +217,8 @@ def seed_command(ctx: Context, domain: str, output: str, spec_file: str | None,
         files["network-config"] = network_config.read()
     try:
         seediso.write_atomic(output, seediso.build_iso(files))
+    except seediso.SeedToolMissing as exc:
+        raise Failure(str(exc)) from None
     except OSError as exc:
         raise Failure(f"cannot write {output}: {exc}") from None
     click.echo(f"wrote {output} (label {seediso.VOLUME_LABEL}: {', '.join(files)})")

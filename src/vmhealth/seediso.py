@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import yaml
 from lxml import etree
 
-from vmhealth.connection import define, persistent_xml
+from vmhealth.connection import HOST_PART, define, persistent_xml
 from vmhealth.xmlsafe import parse_xml, to_string
 
 if TYPE_CHECKING:
@@ -36,13 +36,20 @@ def meta_data(instance_id: str, hostname: str | None = None) -> str:
     return yaml.safe_dump(data, sort_keys=False)
 
 
+class SeedToolMissing(RuntimeError):
+    """The ISO writer (pycdlib, part of the host install) is not installed."""
+
+
 def build_iso(files: dict[str, str]) -> bytes:
     """The seed ISO holding `files` (name -> text), names as NoCloud expects them."""
     unknown = set(files) - set(ISO_NAMES)
     if unknown or "user-data" not in files or "meta-data" not in files:
         raise ValueError(f"a NoCloud seed holds user-data, meta-data and optionally "
                          f"network-config; got {sorted(files)}")
-    import pycdlib  # a host-only dependency: `vmhealth guest` runs without it
+    try:
+        import pycdlib  # a host-only dependency: `vmhealth guest` runs without it
+    except ImportError:
+        raise SeedToolMissing(f"pycdlib is not installed; {HOST_PART}") from None
 
     iso = pycdlib.PyCdlib()
     iso.new(interchange_level=3, joliet=3, rock_ridge="1.09", vol_ident=VOLUME_LABEL)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import sys
 
 import libvirt
 import pytest
@@ -100,3 +101,37 @@ def test_seed_of_a_domain_without_spec_fails_clearly(conn, tmp_path):
                                 obj=Context(uri=None, conn=conn))
     assert result.exit_code == 1 and "has no health spec" in result.output
     assert not (tmp_path / "s.iso").exists()
+
+
+def test_seed_from_a_spec_with_an_instance_id_needs_no_libvirt(tmp_path):
+    """--spec and --instance-id name everything the seed holds: libvirt is not asked
+    (the URI below names a driver file that does not exist)."""
+    iso = tmp_path / "seed.iso"
+    missing_driver = f"test://{tmp_path / 'no-such-driver.xml'}"
+    result = CliRunner().invoke(main, [
+        "cloudinit", "seed", "web1", "-o", str(iso), "--distro", "debian",
+        "--spec", str(REPO / "cloudinit" / "example-vmi.yaml"), "--instance-id", "iid-7"],
+        obj=Context(uri=missing_driver))
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load(seediso.read_iso(iso)[1]["meta-data"])["instance-id"] == "iid-7"
+    # Without --instance-id the domain's UUID is the default: then libvirt is asked.
+    again = CliRunner().invoke(main, [
+        "cloudinit", "seed", "web1", "-o", str(tmp_path / "other.iso"), "--distro",
+        "debian", "--spec", str(REPO / "cloudinit" / "example-vmi.yaml")],
+        obj=Context(uri=missing_driver))
+    assert again.exit_code == 1 and not (tmp_path / "other.iso").exists(), again.output
+
+
+def test_seed_without_pycdlib_names_the_host_install(tmp_path, monkeypatch):
+    """A guest-only install has no pycdlib: the seed command says what to install and
+    writes nothing."""
+    monkeypatch.setitem(sys.modules, "pycdlib", None)  # `import pycdlib` raises
+    iso = tmp_path / "seed.iso"
+    result = CliRunner().invoke(main, [
+        "cloudinit", "seed", "web1", "-o", str(iso), "--distro", "debian",
+        "--spec", str(REPO / "cloudinit" / "example-vmi.yaml"), "--instance-id", "iid-7"],
+        obj=Context(uri=None))
+    assert result.exit_code == 1, result.output
+    assert "pycdlib is not installed" in result.output
+    assert "vmhealth[host]" in result.output
+    assert not iso.exists() and list(tmp_path.iterdir()) == []
