@@ -55,13 +55,13 @@ def _decode(status: dict, key: str) -> str:
 
 
 def guest_exec(dom: libvirt.virDomain, path: str, args: list[str] | None = None,
-               timeout: float = 30) -> ExecResult:
-    """guest-exec, then poll guest-exec-status until the command exited."""
-    started = command(dom, "guest-exec", {
-        "path": path,
-        "arg": list(args or []),
-        "capture-output": True,
-    })
+               timeout: float = 30, stdin: bytes | None = None) -> ExecResult:
+    """guest-exec, then poll guest-exec-status until the command exited. `stdin`, if
+    given, is the command's standard input (qemu-ga's input-data)."""
+    request = {"path": path, "arg": list(args or []), "capture-output": True}
+    if stdin is not None:
+        request["input-data"] = base64.b64encode(stdin).decode()
+    started = command(dom, "guest-exec", request)
     pid = started["pid"]
 
     def exited() -> dict | None:

@@ -6,7 +6,14 @@ data `vmhealth cloudinit render` writes must install them. The guest has no inte
 so the build also downloads the .deb files those two packages need beyond the image
 (apt-get --download-only inside the image, i.e. exactly what the guest's apt will ask
 for) into a flat, trusted apt repository. `serve_mirror()` serves it over HTTP on the
-sandbox bridge, and the image's only apt source points there.
+sandbox bridge, with any extra file (the test's vmhealth wheel), and the image's only
+apt source points there.
+
+So that `vmhealth guest check` can run inside the guest, the image also carries what
+installing vmhealth's wheel needs on Debian (its dependencies as Debian packages, and
+pip), installed with the command docs/guest.md gives; vmhealth itself is not in it.
+Installing them at first boot instead cost 46 s under TCG, more than the e2e test's
+time budget leaves.
 
 Built with mmdebstrap into a directory, written into an ext4 file system with
 `mkfs.ext4 -d` and converted to qcow2. The guest boots the image's own kernel and
@@ -55,6 +62,11 @@ IMAGE_PACKAGES = (
 )
 # What the rendered user data installs; served by the local mirror, not in the image.
 MIRROR_PACKAGES = ("qemu-guest-agent", "watchdog")
+# What installing vmhealth's wheel in the guest needs (docs/guest.md, "vmhealth in a
+# Debian guest"): its install_requires as Debian packages, and pip for the wheel.
+# In the image, installed without recommends (python3-pip recommends a compiler).
+WHEEL_PACKAGES = ("python3-click", "python3-psutil", "python3-lxml", "python3-yaml",
+                  "python3-pip")
 MIRROR_PORT = 3142
 MIRROR_HOST = Bridge().ipv4
 DISK_SIZE = "3G"
@@ -111,7 +123,7 @@ def _candidate_versions(packages: tuple[str, ...]) -> list[str]:
 def cache_key() -> tuple[str, str]:
     """(key, key file text): the builder's bytes and the packages' versions."""
     lines = [*DEBIAN_SOURCES,
-             *_candidate_versions(IMAGE_PACKAGES + MIRROR_PACKAGES)]
+             *_candidate_versions(IMAGE_PACKAGES + MIRROR_PACKAGES + WHEEL_PACKAGES)]
     text = "\n".join(lines) + "\n"
     digest = hashlib.sha256(text.encode())
     digest.update(Path(__file__).read_bytes())
@@ -133,6 +145,8 @@ def _mmdebstrap(root: Path, mirror: Path, config: Path, log: Path) -> None:
     mirror_dir, config_dir = shlex.quote(str(mirror)), shlex.quote(str(config))
     # mmdebstrap runs each hook with sh -c; "$1" is the root directory.
     hooks = [
+        'chroot "$1" apt-get install --yes --no-install-recommends '
+        + " ".join(shlex.quote(name) for name in WHEEL_PACKAGES),
         # What the guest's apt will fetch: the same apt, configuration and installed
         # set as at first boot, so the mirror holds exactly the missing dependencies.
         'chroot "$1" apt-get clean',
@@ -303,15 +317,28 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002
         self.server.requests.append(format % args)  # type: ignore[attr-defined]
 
+    def translate_path(self, path: str) -> str:
+        # Extra files are served at /<name>, beside the mirror's own.
+        extras = self.server.extra  # type: ignore[attr-defined]
+        extra = extras.get(path.split("?", 1)[0].lstrip("/"))
+        return str(extra) if extra is not None else super().translate_path(path)
+
+
+def mirror_url(name: str = "") -> str:
+    """The URL of a file the mirror serves, as the guest reaches it."""
+    return f"http://{MIRROR_HOST}:{MIRROR_PORT}/{name}"
+
 
 @contextlib.contextmanager
-def serve_mirror(image: CloudImage, host: str = MIRROR_HOST,
-                 port: int = MIRROR_PORT) -> Iterator[list[str]]:
-    """Serve the image's mirror over HTTP on the sandbox bridge while the block runs;
-    yields the list of requests served (one line each, as http.server logs them)."""
+def serve_mirror(image: CloudImage, host: str = MIRROR_HOST, port: int = MIRROR_PORT,
+                 extra: tuple[Path, ...] = ()) -> Iterator[list[str]]:
+    """Serve the image's mirror over HTTP on the sandbox bridge while the block runs,
+    and each `extra` file at /<its name>; yields the list of requests served (one line
+    each, as http.server logs them)."""
     handler = functools.partial(_QuietHandler, directory=str(image.mirror))
     server = http.server.ThreadingHTTPServer((host, port), handler)
     server.requests = []  # type: ignore[attr-defined]
+    server.extra = {path.name: path for path in extra}  # type: ignore[attr-defined]
     thread = threading.Thread(target=server.serve_forever, name="e2e-mirror", daemon=True)
     thread.start()
     try:

@@ -51,8 +51,9 @@ class Guest:
     def ping(self, timeout: int = 5) -> bool:
         return agent.ping(self.dom, timeout=timeout)
 
-    def exec(self, path: str, *args: str, timeout: float = 30) -> agent.ExecResult:
-        return agent.guest_exec(self.dom, path, list(args), timeout=timeout)
+    def exec(self, path: str, *args: str, timeout: float = 30,
+             stdin: bytes | None = None) -> agent.ExecResult:
+        return agent.guest_exec(self.dom, path, list(args), timeout=timeout, stdin=stdin)
 
     def service_pid(self, service: str) -> int:
         """Pid of a service guest_init.sh started (httpd, tcp, watchdog, qemu-ga)."""
