@@ -45,8 +45,14 @@ from .peer import _read_line
 CLUSTER_NAME = "vmhealth-e2e"
 PRIVATE_DIRS = ("/etc/corosync", "/var/lib/corosync", "/var/lib/pacemaker",
                 "/var/log/pacemaker")
-# The sandbox's libvirtd sockets (node1) and the peer's (node2, harness/peer.py).
-SHARED_RUN_DIRS = ("libvirt", "vmh-peer")
+# The sandbox's libvirtd sockets (node1), the peer's (node2, harness/peer.py), and
+# one link per node to its libvirtd's socket (LINK_DIR).
+SHARED_RUN_DIRS = ("libvirt", "vmh-peer", "vmh-cluster")
+# On the sandbox's /run tmpfs: <node>-libvirt-sock, a link to that node's libvirtd's
+# socket, so that one URI with the node's name in it reaches either libvirtd: what
+# VirtualDomain's remoteuri needs to migrate (its %n is the target node's name).
+LINK_DIR = Path("/run/vmh-cluster")
+REMOTE_URI = f"qemu+unix:///system?socket={LINK_DIR}/%n-libvirt-sock"
 PACEMAKER_DIRS = ("cib", "pengine", "blackbox", "cores")
 NETNS, READY, GO = "NETNS", "READY", "go"
 # Corosync's token timeout (ms): the default is 3000 (+650 per node beyond two); 1000
@@ -60,6 +66,17 @@ class NodeSpec:
     nodeid: int
     address: str  # on the sandbox's bridge, /24
     env: dict[str, str] = field(default_factory=dict)  # for pacemakerd and its agents
+
+
+def link_libvirt_sockets(sockets: dict[str, Path]) -> str:
+    """LINK_DIR/<node>-libvirt-sock -> that node's libvirtd socket, for every node
+    (before the nodes start: their /run binds LINK_DIR in); returns REMOTE_URI."""
+    LINK_DIR.mkdir(exist_ok=True)
+    for name, socket in sockets.items():
+        link = LINK_DIR / f"{name}-libvirt-sock"
+        link.unlink(missing_ok=True)
+        link.symlink_to(socket)
+    return REMOTE_URI
 
 
 def corosync_conf(nodes: list[NodeSpec]) -> str:
@@ -175,7 +192,8 @@ def stack(name: str, log_dir: Path, conf: str, env: dict[str, str]) -> int:
 
 
 class ClusterNode:
-    """One node: start(), then go() once its veth is plugged in; kill() or stop()."""
+    """One node: start() (it plugs its veth in), kill() or stop(); start() again
+    after kill() is the lost node coming back."""
 
     def __init__(self, spec: NodeSpec, nodes: list[NodeSpec], log_dir: Path,
                  bridge: str) -> None:
@@ -221,6 +239,11 @@ class ClusterNode:
 
     def _plug_in(self) -> None:
         outside = f"cl-{self.name}"[:15]
+        # A node started again after kill(): its old veth goes with its old network
+        # namespace, which the kernel frees a moment after the node's last process.
+        wait_until(lambda: subprocess.run(["ip", "link", "show", outside],  # noqa: S607
+                                          capture_output=True, check=False).returncode,
+                   timeout=30, what=f"{outside} of {self.name}'s previous start to go")
         run = _checked
         run(["ip", "link", "add", outside, "type", "veth", "peer", "name", "eth0",
              "netns", str(self.pid)])
@@ -320,6 +343,34 @@ def fail_count(node: ClusterNode, rsc: str, on: str) -> int:
             if entry.get("id") == rsc:
                 return int(entry.get("fail-count", "0") or 0)
     return 0
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One entry of a resource's operation history in the CIB's status section."""
+    node: str
+    task: str  # start, stop, monitor, migrate_to, migrate_from, ...
+    interval_ms: int
+    rc: int
+    changed: int  # last-rc-change, seconds since the epoch
+
+
+def operations(node: ClusterNode, rsc: str) -> list[Operation]:
+    """`rsc`'s operation history on every node, as the CIB records it: the last
+    non-recurring operation, each recurring one, the last failure, and (kept apart,
+    because the scheduler needs them) the migrate_to and migrate_from operations."""
+    root = parse_xml(node.check("cibadmin", "--query", "--scope", "status"), "CIB status")
+    history = []
+    for state in root.iter("node_state"):
+        for resource in state.iter("lrm_resource"):
+            if resource.get("id") != rsc:
+                continue
+            history += [Operation(state.get("uname", ""), op.get("operation", ""),
+                                  int(op.get("interval", "0") or 0),
+                                  int(op.get("rc-code", "-1")),
+                                  int(op.get("last-rc-change", "0") or 0))
+                        for op in resource.iter("lrm_rsc_op")]
+    return history
 
 
 def wait_for_cluster(nodes: list[ClusterNode], timeout: float = 120) -> float:
