@@ -15,7 +15,12 @@ What must hold:
 - the guest's service dies (liveness fails): Pacemaker restarts the resource on the
   same node, and after migration-threshold (2) failures relocates it to the other;
 - a node's cluster stack is killed: the resource is started on the other node, whose
-  vmhealth daemon adopts it and probes it.
+  vmhealth daemon adopts it and probes it;
+- the lost node comes back and the resource is moved to it (crm_resource --move,
+  allow-migrate=true): Pacemaker live-migrates it (migrate_to and migrate_from, no
+  stop and start: the guest's boot id stays the same), the target's vmhealth daemon
+  adopts it and finds it live and ready, and no monitor fails and nothing is
+  restarted on either node.
 The tests run in this order and share the cluster (module fixtures); each says what
 it expects to find. Times (failure -> recovery) are printed for docs/cluster.md.
 """
@@ -33,8 +38,10 @@ from lxml import etree
 from tests.ci import missing, require_tool
 from tests.e2e.harness import cluster as pcmk
 from tests.e2e.harness.peer import PEER_DIR, PeerHost
+from tests.e2e.harness.peer import SOCKET as PEER_SOCKET
 from tools.sandbox.daemon import BOOT_TIMEOUT, DaemonProcess, define_with_spec, vmhealth_cli
 from tools.sandbox.guests import Guest
+from tools.sandbox.sandbox import SOCKET as SANDBOX_SOCKET
 from tools.sandbox.waiting import wait_until
 from vmhealth.monitor.client import ApiError
 
@@ -101,8 +108,12 @@ class MonitorLog:
         return out
 
 
-def _resource_xml(config: Path, wrapper: Path) -> str:
-    """The VirtualDomain primitive docs/cluster.md recommends, with the test's times."""
+def _resource_xml(config: Path, wrapper: Path, remote_uri: str, address: str) -> str:
+    """The VirtualDomain primitive docs/cluster.md recommends, with the test's times.
+    Live migration: each node reaches the other's libvirtd through a unix socket
+    (remote_uri, harness/cluster.py's REMOTE_URI) where docs/cluster.md's nodes use
+    ssh, and QEMU's migration stream runs over the sandbox's bridge (address), which
+    both libvirtds' QEMUs share, as in test_migration.py."""
     primitive = etree.Element("primitive", id=RSC, attrib={
         "class": "ocf", "provider": "heartbeat", "type": "VirtualDomain"})
 
@@ -119,17 +130,23 @@ def _resource_xml(config: Path, wrapper: Path) -> str:
         "autoset_utilization_cpu": "false",
         "autoset_utilization_hv_memory": "false",
         "autoset_utilization_host_memory": "false",
+        "remoteuri": remote_uri,
+        "migrateuri": f"tcp://{address}",
+        "migrate_options": f"--listen-address {address}",
     })
     pairs("meta_attributes", {
         "migration-threshold": str(MIGRATION_THRESHOLD),
         "failure-timeout": "600s",
         "resource-stickiness": "100",
+        "allow-migrate": "true",
         # Created stopped: its location constraint can name it only once it exists.
         "target-role": "Stopped",
     })
     operations = etree.SubElement(primitive, "operations")
     for op, interval, timeout in (("monitor", f"{MONITOR_INTERVAL}s", "30s"),
-                                  ("start", "0s", "120s"), ("stop", "0s", "60s")):
+                                  ("start", "0s", "120s"), ("stop", "0s", "60s"),
+                                  ("migrate_to", "0s", "120s"),
+                                  ("migrate_from", "0s", "60s")):
         etree.SubElement(operations, "op", id=f"{RSC}-{op}", name=op, interval=interval,
                          timeout=timeout)
     return etree.tostring(primitive, encoding="unicode")
@@ -235,6 +252,8 @@ def world(sandbox, guest_factory):
             daemons[host] = daemon
 
         uris = {"node1": sandbox.uri, "node2": peer.uri}
+        remote_uri = pcmk.link_libvirt_sockets({"node1": SANDBOX_SOCKET,
+                                                "node2": PEER_SOCKET})
         specs = [pcmk.NodeSpec(name, index + 1, ADDRESSES[name],
                                {"LIBVIRT_DEFAULT_URI": uris[name],
                                 "VMHEALTH_SOCKET": daemons[name].socket})
@@ -269,7 +288,7 @@ def world(sandbox, guest_factory):
         world = World(nodes, daemons, uris, monitor_log, guest.spec, guest.console_log)
         started.append(lambda: _stop_resource(world))
         first.check("cibadmin", "--create", "--scope", "resources", "--xml-text",
-                    _resource_xml(config, wrapper))
+                    _resource_xml(config, wrapper, remote_uri, sandbox.bridge.ipv4))
         first.check("cibadmin", "--create", "--scope", "constraints", "--xml-text",
                     '<rsc_location id="vm-prefers-node1" rsc="vm" node="node1" score="50"/>')
         created = time.monotonic()
@@ -392,3 +411,74 @@ def test_node_loss_moves_the_resource_and_its_daemon_adopts_it(world):
     assert entry["probes"]["readiness"].get("lastResult", {}).get("outcome") == "success"
     print(f"cluster: node2's stack killed -> started on node1 {started:.1f}s, live and "
           f"ready {took:.1f}s")
+
+
+def _boot_id(world: World, host: str) -> str:
+    """The guest kernel's boot id, through the agent: the same id on another host
+    means the same boot carried over, a live migration and not a stop and a start."""
+    result = world.guest(host).exec("cat", "/proc/sys/kernel/random/boot_id")
+    assert result.exitcode == 0, result
+    return result.stdout.strip()
+
+
+def _settled(world: World) -> None:
+    """Until the cluster has nothing left to do (crm_resource --wait)."""
+    world.live_node().check("crm_resource", "--wait", "--timeout", "60s", timeout=90)
+
+
+# What the daemons must not report while the cluster moves the domain.
+NOT_DURING_A_MOVE = ("LivenessFailed", "LivenessAction", "LivenessActionFailed",
+                     "RestartBackOff", "RunStrategyStart")
+
+
+def test_move_live_migrates_and_the_target_daemon_adopts_it(world):
+    assert world.state().node == "node1"
+    world.nodes["node2"].start()
+    rejoined = pcmk.wait_for_cluster(list(world.nodes.values()))
+    _settled(world)  # node2 has probed the resource: it runs on node1 only
+    assert world.state().node == "node1"
+    before = set(pcmk.operations(world.live_node(), RSC))
+    boot_id = _boot_id(world, "node1")
+
+    moved, moved_at = time.monotonic(), time.time()
+    world.live_node().check("crm_resource", "--move", "--resource", RSC, "--node", "node2")
+    try:
+        wait_until(lambda: (state := world.state()).node == "node2"
+                   and state.role == "Started", timeout=120, interval=0.3,
+                   what="Pacemaker to run it on node2")
+        running = time.monotonic() - moved
+        world.wait_started("node2", "after the move")
+        ready = time.monotonic() - moved
+    finally:
+        # The move's constraint goes; stickiness keeps the domain where it is now.
+        world.live_node().check("crm_resource", "--clear", "--resource", RSC)
+    _settled(world)
+    assert world.state().node == "node2"
+    assert world.domain("node1") is None
+
+    # A live migration: Pacemaker's migrate_to on node1 and migrate_from on node2, no
+    # start on node2, and the guest's kernel kept running throughout.
+    new = set(pcmk.operations(world.live_node(), RSC)) - before
+    done = {(op.node, op.task) for op in new}
+    assert {("node1", "migrate_to"), ("node2", "migrate_from")} <= done, new
+    assert ("node2", "start") not in done, new
+    assert all(op.rc == 0 for op in new), new
+    assert _boot_id(world, "node2") == boot_id
+
+    # No monitor failed, no fail count, nothing restarted by either daemon.
+    runs = world.monitor_log.runs(moved_at)
+    assert runs and all(rc == 0 for _t, _host, rc, _out in runs), runs
+    assert any(host == "node2" for _t, host, _rc, _out in runs), runs
+    assert world.fail_count("node1") == world.fail_count("node2") == 0
+    assert not world.state().failed
+    events = {host: [e for e in daemon.client.events(domain=NAME) if e["time"] >= moved_at]
+              for host, daemon in world.daemons.items()}
+    for host, seen in events.items():
+        assert not [e for e in seen if e["type"] in NOT_DURING_A_MOVE], (host, seen)
+    assert "Adopted" in [e["type"] for e in events["node2"]], events["node2"]
+    released = [e["message"] for e in events["node1"] if e["type"] == "Released"]
+    assert any("migrated" in message for message in released), events["node1"]
+    print(f"cluster: node2 back, both nodes online with a DC {rejoined:.1f}s after its "
+          f"start")
+    print(f"cluster: crm_resource --move to node2 -> live-migrated, running on node2 "
+          f"{running:.1f}s, live and ready there {ready:.1f}s")
