@@ -253,19 +253,29 @@ def test_a_guest_that_loses_its_addresses_keeps_its_last_known_ones(agent_calls)
 WAIT_SECONDS = 30.0
 
 
-def test_no_address_while_the_agent_cannot_be_asked_is_unknown_not_none(monkeypatch):
-    """During boot a startup probe's agent call may hold the guest's one agent slot
-    while only the agent knows the address: that look-up says "unknown" (NoVerdict, an
-    uncounted ERROR), never "no address" (a counted FAILURE), and caches nothing, so
-    the next probe asks again and finds it."""
+def ping_held_until_released(monkeypatch) -> threading.Event:
+    """Agent calls answer at once, except guest-ping: it stays in flight (holding the
+    guest's one agent slot, as a startup probe's call does) until the event is set."""
     release = threading.Event()
 
     def fake(dom, text, timeout, flags):
         if "guest-ping" in text:
-            release.wait(WAIT_SECONDS)  # the startup probe's call, still in flight
+            release.wait(WAIT_SECONDS)
             return json.dumps({"return": {}})
         return dom.answer
     monkeypatch.setattr(libvirt_access.libvirt_qemu, "qemuAgentCommand", fake)
+    return release
+
+
+def test_no_address_while_the_agent_cannot_be_asked_is_unknown_not_none(monkeypatch):
+    """During boot a startup probe's agent call may hold the guest's one agent slot
+    while only the agent knows the address. A look-up waits a moment for that call
+    (ADDRESS_SLOT_WAIT_SECONDS: an exec probe that ticks with an HTTP probe would
+    otherwise hold the slot at every look-up and starve the HTTP probe). When the call
+    outlasts the wait, the look-up says "unknown" (NoVerdict, an uncounted ERROR), never
+    "no address" (a counted FAILURE), and caches nothing; when it ends within the wait,
+    the look-up asks the agent and finds the address."""
+    release = ping_held_until_released(monkeypatch)
     dom = AddressDomain({}, agent=agent_iface("10.0.0.10"))  # no lease, no ARP
 
     async def scenario():
@@ -273,14 +283,19 @@ def test_no_address_while_the_agent_cannot_be_asked_is_unknown_not_none(monkeypa
             access = LibvirtGuestAccess(dom, agent_pool=pool, control_pool=pool)
             ping = asyncio.ensure_future(access.agent_command({"execute": "guest-ping"}, 5))
             await asyncio.sleep(0)  # the ping takes the slot
+            monkeypatch.setattr(libvirt_access, "ADDRESS_SLOT_WAIT_SECONDS", 0.1)
             with pytest.raises(NoVerdict, match="not known yet"):
-                await access.addresses()
+                await access.addresses()  # the ping outlasts the wait
             unknown_cached = access.cached_addresses()
+            monkeypatch.setattr(libvirt_access, "ADDRESS_SLOT_WAIT_SECONDS", WAIT_SECONDS)
+            look_up = asyncio.ensure_future(access.addresses())
+            await asyncio.sleep(0.2)
+            waiting = not look_up.done()  # it waits for the ping, not failing at once
             release.set()
             await ping
-            return unknown_cached, await access.addresses()
+            return unknown_cached, waiting, await look_up
 
-    assert asyncio.run(scenario()) == (None, ["10.0.0.10"])
+    assert asyncio.run(scenario()) == (None, True, ["10.0.0.10"])
 
 
 def test_no_address_when_the_agent_answered_is_none(agent_calls):

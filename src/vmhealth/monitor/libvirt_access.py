@@ -81,6 +81,12 @@ AGENT_UNAVAILABLE_CODES = {
 EMPTY_ADDRESS_RETRY_SECONDS = 2.0
 GUEST_INTERFACES = {"execute": "guest-network-get-interfaces"}
 ADDRESS_AGENT_TIMEOUT = 5  # seconds the agent's part of an address look-up may take
+# How long an address look-up waits for this guest's agent call in flight to end before
+# it gives up asking the agent. Without a wait, a guest's exec probe that ticks with its
+# HTTP/TCP probe holds the slot at every look-up, and those probes starve on "addresses
+# not known yet" (seen for 28 s after a guest started on a new host). One look-up per
+# guest waits at a time (the address lock), so waits never pile up behind a hung agent.
+ADDRESS_SLOT_WAIT_SECONDS = 2.0
 # How much longer than timeout + guest-sync libvirt may take to give its verdict on an
 # agent call before the probe stops waiting for it (NoVerdict).
 ANSWER_SLACK_SECONDS = 1.0
@@ -195,13 +201,14 @@ def read_host_view(dom: libvirt.virDomain) -> tuple[DomainNics, list[tuple[str, 
 class _AgentCall:
     """One call in flight to a guest's agent (at most one per guest)."""
 
-    __slots__ = ("command", "sent_at", "started", "abandoned")
+    __slots__ = ("command", "sent_at", "started", "abandoned", "ended")
 
     def __init__(self, command: str, sent_at: float) -> None:
         self.command = command
         self.sent_at = sent_at  # loop time the probe asked for it
         self.started = False  # a pool thread has begun the libvirt call
         self.abandoned = False  # the caller stopped waiting: do not begin it any more
+        self.ended = asyncio.Event()  # set when the call really ended: the slot is free
 
 
 def _run_agent_call(call: _AgentCall, fn: Callable[..., Any], *args: Any) -> Any:
@@ -286,7 +293,8 @@ class LibvirtGuestAccess:
                             f"{excerpt(exc.get_error_message())}") from None
         unasked = ""
         try:
-            reply = await self._call_agent(GUEST_INTERFACES, ADDRESS_AGENT_TIMEOUT)
+            reply = await self._call_agent(GUEST_INTERFACES, ADDRESS_AGENT_TIMEOUT,
+                                           slot_wait=ADDRESS_SLOT_WAIT_SECONDS)
             reported = agent_entries(reply)
         except (AgentUnavailable, AgentError):
             reported = []  # no agent (yet): the host's own sources alone
@@ -325,11 +333,31 @@ class LibvirtGuestAccess:
     async def agent_command(self, command: dict[str, Any], timeout: float) -> Any:
         return await self._call_agent(command, timeout)
 
-    async def _call_agent(self, command: dict[str, Any], timeout: float) -> Any:
+    async def _wait_for_slot(self, seconds: float) -> _AgentCall | None:
+        """Wait up to `seconds` for this guest's agent calls in flight to end; the call
+        still in flight then (None: the slot is free)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while (pending := self._agent_pending) is not None:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            try:
+                await asyncio.wait_for(pending.ended.wait(), remaining)
+            except asyncio.TimeoutError:
+                break
+        return self._agent_pending
+
+    async def _call_agent(self, command: dict[str, Any], timeout: float,
+                          slot_wait: float = 0.0) -> Any:
+        """One agent call in this guest's slot; a call already in flight makes it
+        AgentBusy at once, or after waiting up to `slot_wait` seconds for it to end."""
         # libvirt treats 0 and negative values as "no wait" / "block forever": never pass them.
         seconds = max(1, int(round(timeout)))
         name = excerpt(command.get("execute", "?"), 64)
         pending = self._agent_pending
+        if pending is not None and slot_wait > 0:
+            pending = await self._wait_for_slot(slot_wait)
         loop = asyncio.get_running_loop()
         if pending is not None:
             raise AgentBusy(f"not run: {pending.command} sent to the guest agent "
@@ -363,6 +391,7 @@ class LibvirtGuestAccess:
     def _agent_call_ended(self, call: _AgentCall, future: asyncio.Future) -> None:
         if self._agent_pending is call:
             self._agent_pending = None
+        call.ended.set()
         if not future.cancelled():
             future.exception()  # retrieved: an abandoned call's error is not news
 
