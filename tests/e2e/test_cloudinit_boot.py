@@ -20,10 +20,7 @@ seed, checked again by `vmhealth guest check`.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -32,8 +29,9 @@ import pytest
 import yaml
 
 from tests.ci import missing
+from tests.wheel import build_pure_wheel
 from tools.sandbox import agent as harness_agent
-from tools.sandbox import cloud_image, events, paths
+from tools.sandbox import cloud_image, events
 from tools.sandbox.daemon import DaemonProcess, wait_status
 from tools.sandbox.guests import GuestFactory
 from tools.sandbox.waiting import wait_until
@@ -129,26 +127,11 @@ def image(sandbox):
     return built
 
 
-def _build_wheel(target: Path) -> Path:
-    """This tree's pure wheel (no network: the build uses the test environment's own
-    setuptools)."""
-    shutil.rmtree(target, ignore_errors=True)
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-         "--disable-pip-version-check", "--wheel-dir", str(target), str(paths.REPO)],
-        capture_output=True, text=True, timeout=300, check=False,
-        env={**os.environ, "PIP_NO_INDEX": "1"})
-    assert built.returncode == 0, f"pip wheel failed:\n{built.stdout}\n{built.stderr}"
-    wheels = sorted(target.glob("vmhealth-*-py3-none-any.whl"))
-    assert len(wheels) == 1, sorted(path.name for path in target.iterdir())
-    return wheels[0]
-
-
 @pytest.fixture(scope="module")
 def booted(sandbox, image, recorder):
     workdir = sandbox.log_dir / "cloudinit"
     workdir.mkdir(exist_ok=True)
-    wheel = _build_wheel(workdir / "wheel")
+    wheel = build_pure_wheel(workdir / "wheel")
     daemon = DaemonProcess(workdir, sandbox.uri)
     daemon.start()
     factory = GuestFactory(sandbox, events.connect(sandbox.uri), image.boot)

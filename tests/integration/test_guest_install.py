@@ -8,15 +8,14 @@ The guest commands must still run, and every guest module import.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from tests.ci import missing
+from tests.wheel import build_pure_wheel
 
-REPO = Path(__file__).resolve().parents[2]
 TIMEOUT = 600  # seconds: a venv and four packages from the index
 HOST_ONLY = ("libvirt", "aiohttp", "prometheus_client", "httptools", "pycdlib", "bcrypt",
              "inotify_simple", "vmhealth_fastlane")
@@ -35,16 +34,11 @@ def checked(argv, **kwargs) -> str:
 @pytest.fixture(scope="module")
 def guest_venv(tmp_path_factory):
     top = tmp_path_factory.mktemp("guest")
-    # No C compiler: vmhealth is pure Python (the lane is src/native's own build).
-    checked([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
-             "--disable-pip-version-check", "--wheel-dir", top / "wheels", REPO],
-            env={**os.environ, "CC": "/bin/false", "CXX": "/bin/false"})
-    wheels = sorted((top / "wheels").glob("vmhealth-*-py3-none-any.whl"))
-    assert len(wheels) == 1, sorted(path.name for path in (top / "wheels").iterdir())
+    wheel = build_pure_wheel(top / "wheels")  # no C compiler: vmhealth is pure Python
     venv = top / "venv"
     checked([Path(sys.base_prefix) / "bin" / "python3", "-m", "venv", venv])
     done = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q",
-                           "--disable-pip-version-check", str(wheels[0])],
+                           "--disable-pip-version-check", str(wheel)],
                           capture_output=True, text=True, timeout=TIMEOUT, check=False)
     if done.returncode != 0:
         missing(f"cannot install vmhealth's dependencies from the package index "

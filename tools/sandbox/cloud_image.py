@@ -70,8 +70,15 @@ WHEEL_PACKAGES = ("python3-click", "python3-psutil", "python3-lxml", "python3-ya
 MIRROR_PORT = 3142
 MIRROR_HOST = Bridge().ipv4
 DISK_SIZE = "3G"
+
+
+def mirror_url(name: str = "") -> str:
+    """The URL of a file the mirror serves, as the guest reaches it."""
+    return f"http://{MIRROR_HOST}:{MIRROR_PORT}/{name}"
+
+
 # Only this source: the guest reaches nothing else (no internet in the sandbox).
-SOURCES_LIST = f"deb [trusted=yes] http://{MIRROR_HOST}:{MIRROR_PORT}/ ./\n"
+SOURCES_LIST = f"deb [trusted=yes] {mirror_url()} ./\n"
 # System cloud-init settings of the image (user data can still override them):
 # NoCloud only (ds-identify then needs no probing), and no network wait for a
 # metadata service that does not exist.
@@ -322,11 +329,6 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         extras = self.server.extra  # type: ignore[attr-defined]
         extra = extras.get(path.split("?", 1)[0].lstrip("/"))
         return str(extra) if extra is not None else super().translate_path(path)
-
-
-def mirror_url(name: str = "") -> str:
-    """The URL of a file the mirror serves, as the guest reaches it."""
-    return f"http://{MIRROR_HOST}:{MIRROR_PORT}/{name}"
 
 
 @contextlib.contextmanager
